@@ -1,0 +1,32 @@
+# Two entry points, each working on a fresh machine by itself:
+#   make demo   create .venv, install the pinned stack, train + evaluate the tiny CLIP
+#   make test   create .venv if needed, install, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_WORKDIR ?= workdirs/clip_tiny_demo
+
+.PHONY: demo test lint install clean-venv
+
+$(STAMP): requirements.txt requirements-torch.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.train --config experiments/configs/clip/tiny.py --workdir $(DEMO_WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)
