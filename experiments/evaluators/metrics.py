@@ -1,0 +1,191 @@
+"""Pure host-side metrics for embedding evaluators (numpy, float64).
+
+Every function here L2-normalises its embedding inputs itself (a zero vector stays zero), so
+callers may pass raw or already-normalised embeddings; similarity is cosine similarity.
+
+Ranking rule, shared by all metrics (deterministic, pessimistic on ties): the rank of a correct
+item is the number of *wrong* candidates whose score is >= the correct score minus `tie_tol`, and
+a query is a hit at k iff that rank is < k. A wrong candidate that ties the correct one is thus
+ranked ahead of it, so degenerate (e.g. constant) embeddings score 0 at every k below the number
+of candidates instead of 100%. `tie_tol` (default 1e-6, ~8 float32 ulps at 1.0) exists because
+embeddings arrive as float32 and BLAS may round mathematically identical dot products differently.
+
+Chance levels are the expected metric under a uniformly random ranking of the candidates.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_TIE_TOL = 1e-6
+# Query rows scored per matmul: bounds host memory at chunk x candidates float64 scores.
+_CHUNK = 1024
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    """Returns `x / ||x||` along `axis` in float64; rows with norm < eps become zero."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, eps)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    return ks
+
+
+def _check_2d(name: str, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, D], got shape {x.shape}")
+    return x
+
+
+def class_embeddings(text_emb: np.ndarray, num_templates: int | None = None) -> np.ndarray:
+    """Zero-shot class embeddings from prompt-template text embeddings.
+
+    Args:
+      text_emb: [C, T, D], or [C*T, D] in class-major order (row c*T + t is template t of class c;
+        then `num_templates` = T is required).
+      num_templates: T, only for the 2-D layout.
+
+    Returns:
+      [C, D] float64: each template embedding L2-normalised, averaged over T, re-normalised.
+    """
+    text_emb = np.asarray(text_emb)
+    if text_emb.ndim == 2:
+        if num_templates is None or num_templates < 1:
+            raise ValueError("2-D text_emb [C*T, D] needs num_templates=T >= 1")
+        if text_emb.shape[0] % num_templates:
+            raise ValueError(
+                f"{text_emb.shape[0]} text embeddings are not a multiple of {num_templates=}"
+            )
+        text_emb = text_emb.reshape(-1, num_templates, text_emb.shape[-1])
+    elif text_emb.ndim != 3:
+        raise ValueError(f"text_emb must be [C, T, D] or [C*T, D], got shape {text_emb.shape}")
+    elif num_templates is not None and num_templates != text_emb.shape[1]:
+        raise ValueError(f"{num_templates=} disagrees with text_emb shape {text_emb.shape}")
+    return l2_normalize(l2_normalize(text_emb).mean(axis=1))
+
+
+def zero_shot_accuracy(
+    image_emb: np.ndarray,
+    class_emb: np.ndarray,
+    labels: np.ndarray,
+    ks: Sequence[int] = (1, 5),
+    *,
+    tie_tol: float = DEFAULT_TIE_TOL,
+) -> dict[str, float]:
+    """Top-k zero-shot accuracy of images against class embeddings.
+
+    Args:
+      image_emb: [N, D] image embeddings.
+      class_emb: [C, D] class embeddings (e.g. from `class_embeddings`).
+      labels: [N] int class index of each image, in [0, C).
+      ks: the k of each top-k; k > C is skipped (it would be trivially 1).
+      tie_tol: see the module docstring.
+
+    Returns:
+      {"top{k}": fraction of images whose label ranks < k, "chance_top{k}": k / C} for k <= C.
+    """
+    ks = _check_ks(ks)
+    img = l2_normalize(_check_2d("image_emb", image_emb))
+    cls = l2_normalize(_check_2d("class_emb", class_emb))
+    labels = np.asarray(labels)
+    n, c = img.shape[0], cls.shape[0]
+    if img.shape[1] != cls.shape[1]:
+        raise ValueError(f"embedding widths differ: image {img.shape}, class {cls.shape}")
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be int [{n}], got {labels.dtype} {labels.shape}")
+    if n == 0:
+        raise ValueError("zero_shot_accuracy needs at least one image")
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c}), got range [{labels.min()}, {labels.max()}]")
+
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        rows = np.arange(stop - start)
+        scores = img[start:stop] @ cls.T  # [n_chunk, C]
+        correct = scores[rows, labels[start:stop]]
+        ahead = scores >= correct[:, None] - tie_tol
+        ahead[rows, labels[start:stop]] = False  # the label is not its own competitor
+        ranks[start:stop] = ahead.sum(axis=1)
+
+    kept = [k for k in ks if k <= c]
+    out = {f"top{k}": float(np.mean(ranks < k)) for k in kept}
+    out.update({f"chance_top{k}": k / c for k in kept})
+    return out
+
+
+def retrieval_recall(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    text_to_image: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    tie_tol: float = DEFAULT_TIE_TOL,
+) -> dict[str, float]:
+    """Image->text and text->image Recall@k.
+
+    Args:
+      image_emb: [N, D] image embeddings.
+      text_emb: [M, D] caption embeddings.
+      text_to_image: [M] int, the image (in [0, N)) each caption describes; an image may have
+        several captions or none.
+      ks: the k of each Recall@k; i2t skips k > M and t2i skips k > N (trivially 1).
+      tie_tol: see the module docstring.
+
+    Returns:
+      "i2t_r@{k}": over images that have at least one caption, the fraction for which ANY of
+        their captions is in the top k texts (rank = wrong captions scoring >= the image's best
+        caption; the order among its own captions does not matter).
+      "t2i_r@{k}": over captions, the fraction whose image is in the top k images.
+      "chance_i2t_r@{k}": mean over those images of 1 - C(M-c, k) / C(M, k) with c the image's
+        caption count (c/M at k=1); "chance_t2i_r@{k}": k / N.
+    """
+    ks = _check_ks(ks)
+    img = l2_normalize(_check_2d("image_emb", image_emb))
+    txt = l2_normalize(_check_2d("text_emb", text_emb))
+    t2i = np.asarray(text_to_image)
+    n, m = img.shape[0], txt.shape[0]
+    if img.shape[1] != txt.shape[1]:
+        raise ValueError(f"embedding widths differ: image {img.shape}, text {txt.shape}")
+    if t2i.shape != (m,) or not np.issubdtype(t2i.dtype, np.integer):
+        raise ValueError(f"text_to_image must be int [{m}], got {t2i.dtype} {t2i.shape}")
+    if n == 0 or m == 0:
+        raise ValueError(f"retrieval_recall needs images and texts, got N={n}, M={m}")
+    if t2i.min() < 0 or t2i.max() >= n:
+        raise ValueError(f"text_to_image must lie in [0, {n}), got [{t2i.min()}, {t2i.max()}]")
+
+    captions_per_image = np.bincount(t2i, minlength=n)
+    # The correct score of every caption, needed before its image's chunk is reached.
+    t2i_correct = np.einsum("md,md->m", img[t2i], txt)
+    i2t_rank = np.zeros(n, dtype=np.int64)
+    t2i_rank = np.zeros(m, dtype=np.int64)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        scores = img[start:stop] @ txt.T  # [n_chunk, M]
+        own = t2i[None, :] == np.arange(start, stop)[:, None]  # caption m describes image n
+        best = np.where(own, scores, -np.inf).max(axis=1)
+        i2t_rank[start:stop] = ((scores >= best[:, None] - tie_tol) & ~own).sum(axis=1)
+        t2i_rank += ((scores >= t2i_correct[None, :] - tie_tol) & ~own).sum(axis=0)
+
+    has_caption = captions_per_image > 0
+    c = captions_per_image[has_caption].astype(np.float64)
+    out: dict[str, float] = {}
+    for k in (k for k in ks if k <= m):
+        out[f"i2t_r@{k}"] = float(np.mean(i2t_rank[has_caption] < k))
+    for k in (k for k in ks if k <= n):
+        out[f"t2i_r@{k}"] = float(np.mean(t2i_rank < k))
+    for k in (k for k in ks if k <= m):
+        # P(no own caption among k random texts) = prod_j (M - c - j) / (M - j).
+        miss = np.ones_like(c)
+        for j in range(k):
+            miss *= np.maximum(m - c - j, 0.0) / (m - j)
+        out[f"chance_i2t_r@{k}"] = float(np.mean(1.0 - miss))
+    for k in (k for k in ks if k <= n):
+        out[f"chance_t2i_r@{k}"] = k / n
+    return out
