@@ -1,0 +1,246 @@
+"""The grain input pipeline: deterministic, per-process sharded and checkpointable.
+
+A *source* is any random-access object (`__len__`, `__getitem__(i) -> dict`) whose examples
+hold "image" (uint8 [H, W, 3], any size, or encoded PNG/JPEG bytes) and "caption" (str), and
+optionally "label" (int) and "hard_negative" (str).
+
+Training order, for one seed:
+
+    range(n) -> shuffle (reseeded every epoch) -> drop n % process_count -> load + augment
+             -> take every process_count-th example from process_index -> repeat -> batch
+
+Augmentation runs *before* the per-process split and is keyed by the example's position in the
+global epoch order, so the union of all processes' batches at a step is the same set of
+examples, identically augmented, whatever the process count. Every random choice comes from
+grain (`shuffle`, `random_map`), never from global RNG state, so the iterator state (a small
+JSON dict) restores the stream exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from data import preprocess
+from data.tokenizer import Tokenizer
+
+Example = dict[str, Any]
+
+
+def _process_info(index: int | None, count: int | None) -> tuple[int, int]:
+    if index is None or count is None:
+        import jax  # Imported lazily: the data package must not need jax to be importable.
+
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index={index} outside [0, process_count={count})")
+    return index, count
+
+
+class _Load:
+    """Source index -> example with the raw image, text tokens, label and the index itself."""
+
+    def __init__(self, source, tokenizer: Tokenizer | None, max_len: int, texts_key: str | None):
+        self.source, self.tokenizer = source, tokenizer
+        self.max_len, self.texts_key = max_len, texts_key
+
+    def __call__(self, index: int) -> Example:
+        raw = self.source[int(index)]
+        ex = {"image": preprocess.decode(raw["image"]), "index": np.int64(index)}
+        if self.texts_key is not None:
+            ex["tokens"] = self.tokenizer.encode([raw[self.texts_key]], self.max_len)[0]
+        if "label" in raw:
+            ex["label"] = np.int32(raw["label"])
+        if "hard_negative" in raw and self.tokenizer is not None:
+            negative = self.tokenizer.encode([raw["hard_negative"]], self.max_len)[0]
+            ex["hard_negative_tokens"] = negative
+        return ex
+
+
+class _ImageTransform:
+    """Resize (or light random crop + brightness/contrast jitter) and normalise to float32."""
+
+    def __init__(self, image_size: int, mean, std, augment: bool):
+        self.image_size, self.mean, self.std, self.augment = image_size, mean, std, augment
+
+    def __call__(self, ex: Example, rng: np.random.Generator | None = None) -> Example:
+        image = ex["image"]
+        if self.augment:
+            image = preprocess.random_resized_crop(image, self.image_size, rng)
+            image = preprocess.color_jitter(image, rng)
+        else:
+            image = preprocess.resize(image, self.image_size)
+        return {**ex, "image": preprocess.normalize(image, self.mean, self.std)}
+
+
+def _read_options(prefetch: int, batch_size: int, num_threads: int) -> grain.ReadOptions:
+    # Threads, not processes: the machine has 2 cores, PIL and numpy release the GIL, and
+    # forking would duplicate the jax runtime. prefetch=0 makes reading synchronous.
+    if prefetch <= 0:
+        return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch * batch_size)
+
+
+def make_train_iterator(
+    source,
+    *,
+    tokenizer: Tokenizer,
+    global_batch_size: int,
+    image_size: int,
+    max_len: int,
+    seed: int,
+    augment: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle: bool = True,
+    prefetch: int = 2,
+    num_epochs: int | None = None,
+    num_threads: int = 2,
+    mean: float | Sequence[float] = 0.5,
+    std: float | Sequence[float] = 0.5,
+) -> grain.DatasetIterator:
+    """Returns this process's iterator of training batches (infinite unless `num_epochs`).
+
+    Each batch (b = global_batch_size // process_count) holds:
+      "image": float32 [b, S, S, 3] normalised with mean/std (default: pixels in [-1, 1]);
+      "tokens": int32 [b, L] caption ids, EOS-terminated, padded with tokenizer.pad_id;
+      "index": int64 [b] source index of each example (for checking data order);
+      "label": int32 [b] and "hard_negative_tokens": int32 [b, L] when the source has them.
+
+    Each epoch is reshuffled; `n % process_count` examples (different ones each epoch) are
+    left out so that all processes run the same number of steps. Save `it.get_state()` and
+    call `set_state` on an iterator built with the same arguments to resume exactly.
+    """
+    process_index, process_count = _process_info(process_index, process_count)
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by "
+            f"process_count={process_count}"
+        )
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    local_batch = global_batch_size // process_count
+    usable = len(source) - len(source) % process_count
+    if usable == 0:
+        raise ValueError(f"source has {len(source)} examples, fewer than {process_count} processes")
+
+    ds = grain.MapDataset.range(len(source)).seed(seed)
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds[:usable].map(_Load(source, tokenizer, max_len, "caption"))
+    transform = _ImageTransform(image_size, mean, std, augment)
+    # random_map seeds each example's generator from (pipeline seed, epoch, position).
+    ds = ds.random_map(transform) if augment else ds.map(transform)
+    ds = ds[process_index::process_count].repeat(num_epochs)
+    iter_ds = ds.to_iter_dataset(_read_options(prefetch, local_batch, num_threads))
+    return iter(iter_ds.batch(local_batch, drop_remainder=True))
+
+
+def _pad_batch(batch: Example, batch_size: int) -> Example:
+    """Pads [n, ...] leaves to [batch_size, ...] (index -1) and adds "mask" bool [batch_size]."""
+    n = len(batch["index"])
+    out = {}
+    for key, value in batch.items():
+        pad = np.full((batch_size - n, *value.shape[1:]), -1 if key == "index" else 0, value.dtype)
+        out[key] = np.concatenate([value, pad])
+    out["mask"] = np.arange(batch_size) < n
+    return out
+
+
+def make_eval_batches(
+    source,
+    *,
+    tokenizer: Tokenizer | None,
+    batch_size: int,
+    image_size: int,
+    max_len: int,
+    texts_key: str | None = "caption",
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    mean: float | Sequence[float] = 0.5,
+    std: float | Sequence[float] = 0.5,
+) -> Iterator[Example]:
+    """Yields one in-order pass over the source, without augmentation (images resized to S x S).
+
+    Batches have the keys of `make_train_iterator` (no "tokens" when `texts_key` is None) plus
+    "mask": bool [batch_size], False on padding. The last batch is padded to `batch_size`
+    (padding has index -1), so no example is dropped or counted twice. With process_count > 1,
+    process p reads examples p, p + P, ... and every process yields the same number of batches
+    (some possibly all padding), as multi-host evaluation needs.
+    """
+    if texts_key is not None and tokenizer is None:
+        raise ValueError("a tokenizer is required when texts_key is set")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} outside [0, {process_count})")
+    n = len(source)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty source")
+    num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
+    load = _Load(source, tokenizer, max_len, texts_key)
+    transform = _ImageTransform(image_size, mean, std, augment=False)
+    ds = grain.MapDataset.range(n)[process_index::process_count].map(load).map(transform)
+    batches = ds.to_iter_dataset(_read_options(2, batch_size, num_threads)).batch(batch_size)
+    empty = None
+    for batch in batches:
+        empty = {k: v[:0] for k, v in batch.items()}
+        num_batches -= 1
+        yield _pad_batch(batch, batch_size)
+    if num_batches > 0 and empty is None:
+        # This process got no examples (n < process_count): shape the padding like example 0.
+        empty = {k: np.asarray(v)[None][:0] for k, v in transform(load(0)).items()}
+    for _ in range(num_batches):
+        yield _pad_batch(empty, batch_size)
+
+
+def encode_texts(
+    tokenizer: Tokenizer, texts: Sequence[str], max_len: int, batch_size: int
+) -> Iterator[Example]:
+    """Yields {"tokens": int32 [batch_size, L], "mask": bool [batch_size]} over `texts`.
+
+    For class-name prompt embeddings: the last batch is padded (mask False) like eval batches.
+    """
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        tokens = np.full((batch_size, max_len), tokenizer.pad_id, np.int32)
+        tokens[: len(chunk)] = tokenizer.encode(chunk, max_len)
+        yield {"tokens": tokens, "mask": np.arange(batch_size) < len(chunk)}
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return base64.b64decode(value["__bytes__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def iterator_state_to_json(state: Any) -> str:
+    """Serialises a grain iterator state (nested dicts/lists of scalars, bytes) to JSON."""
+    return json.dumps(_to_jsonable(state), sort_keys=True)
+
+
+def iterator_state_from_json(s: str) -> Any:
+    """Inverse of `iterator_state_to_json`."""
+    return _from_jsonable(json.loads(s))

@@ -1,0 +1,135 @@
+"""Tests for data/tokenizer.py: SentencePiece training, loading, encoding and decoding."""
+
+import os
+import pathlib
+import random
+
+import numpy as np
+import pytest
+
+from data.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+    get_tokenizer,
+    train_sentencepiece,
+)
+
+
+def make_captions(n: int = 200, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    objects = ["cat", "dog", "red ball", "blue cube", "green tree", "Car", "person", "bird"]
+    relations = ["left of", "right of", "above", "below", "next to"]
+    return [
+        f"a {rng.choice(objects)} {rng.choice(relations)} the {rng.choice(objects)}."
+        for _ in range(n)
+    ]
+
+
+def length_of(row: np.ndarray) -> int:
+    return int(np.argmax(row == EOS_ID))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    path = train_sentencepiece(make_captions(), str(tmp_path_factory.mktemp("spm") / "t"), 500)
+    return Tokenizer(path)
+
+
+def test_special_ids(tokenizer):
+    assert (tokenizer.pad_id, UNK_ID, tokenizer.eos_id, tokenizer.bos_id) == (0, 1, 2, 3)
+    assert (PAD_ID, EOS_ID, BOS_ID) == (0, 2, 3)
+    assert 10 < tokenizer.vocab_size <= 500  # hard_vocab_limit=False: tiny corpus, small vocab
+
+
+def test_round_trip_and_case_kept(tokenizer):
+    texts = make_captions(20, seed=1)
+    ids = tokenizer.encode(texts, 32)
+    assert ids.shape == (20, 32) and ids.dtype == np.int32
+    assert tokenizer.decode(ids) == texts
+    assert tokenizer.decode(tokenizer.encode(["a Car above the cat."], 32)) == [
+        "a Car above the cat."
+    ]
+
+
+def test_padding_and_eos(tokenizer):
+    ids = tokenizer.encode(["a cat.", "a red ball right of the green tree."], 32)
+    for row in ids:
+        length = length_of(row)
+        assert row[length] == EOS_ID and length > 0
+        assert np.all(row[length + 1 :] == PAD_ID)
+        assert np.all(row[:length] > BOS_ID)  # only real pieces before EOS
+    no_eos = tokenizer.encode(["a cat."], 32, add_eos=False)
+    assert EOS_ID not in no_eos
+    np.testing.assert_array_equal(no_eos[0, : length_of(ids[0])], ids[0, : length_of(ids[0])])
+    with_bos = tokenizer.encode(["a cat."], 32, add_bos=True)
+    assert with_bos[0, 0] == BOS_ID
+    np.testing.assert_array_equal(with_bos[0, 1:], ids[0, :-1])
+
+
+def test_truncation_keeps_eos_last(tokenizer):
+    text = "a red ball right of the green tree next to the blue cube."
+    full = tokenizer.encode([text], 64)[0]
+    n = length_of(full)
+    assert n > 6
+    short = tokenizer.encode([text], 6)[0]
+    np.testing.assert_array_equal(short, np.append(full[:5], EOS_ID))
+    plain = tokenizer.encode([text], 6, add_eos=False)[0]
+    np.testing.assert_array_equal(plain, full[:6])
+    with pytest.raises(TypeError, match="sequence of strings"):
+        tokenizer.encode(text, 6)
+
+
+def test_decode_stops_at_eos(tokenizer):
+    ids = tokenizer.encode(["a cat.", "a dog."], 16)
+    ids[0, length_of(ids[0]) + 1] = ids[1, 0]  # junk after EOS must be ignored
+    assert tokenizer.decode(ids) == ["a cat.", "a dog."]
+
+
+def test_training_is_deterministic_and_bpe_works(tmp_path):
+    corpus = make_captions(100)
+    a = train_sentencepiece(corpus, str(tmp_path / "a"), 200)
+    b = train_sentencepiece(iter(corpus), str(tmp_path / "b"), 200)
+    assert a == str(tmp_path / "a.model")
+    assert pathlib.Path(a).read_bytes() == pathlib.Path(b).read_bytes()
+    bpe = Tokenizer(train_sentencepiece(corpus, str(tmp_path / "c"), 60, model_type="bpe"))
+    assert bpe.decode(bpe.encode(corpus[:5], 40)) == corpus[:5]
+    with pytest.raises(ValueError, match="model_type"):
+        train_sentencepiece(corpus, str(tmp_path / "d"), 60, model_type="word-level")
+
+
+def test_get_tokenizer_missing_trains_then_loads(tmp_path):
+    path = str(tmp_path / "sub" / "tok.model")
+    with pytest.raises(FileNotFoundError, match="corpus_fn"):
+        get_tokenizer(path)
+    tok = get_tokenizer(path, corpus_fn=lambda: make_captions(100), vocab_size=200)
+    assert os.path.exists(path) and tok.decode(tok.encode(["a cat."], 8)) == ["a cat."]
+
+    def no_corpus():
+        raise AssertionError("an existing model must be loaded, not retrained")
+
+    again = get_tokenizer(path, corpus_fn=no_corpus)
+    np.testing.assert_array_equal(again.encode(["a dog."], 8), tok.encode(["a dog."], 8))
+    with pytest.raises(FileNotFoundError):
+        Tokenizer(str(tmp_path / "nope.model"))
+
+
+def test_failed_training_leaves_no_files(tmp_path, monkeypatch):
+    def broken_corpus():
+        yield from make_captions(50)
+        raise RuntimeError("corpus read failed")
+
+    with pytest.raises(RuntimeError, match="corpus read failed"):
+        train_sentencepiece(broken_corpus(), str(tmp_path / "x"), 100)
+    assert os.listdir(tmp_path) == []
+
+    # A crash while writing (here: at the final rename) must not leave a partial model.
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        train_sentencepiece(make_captions(50), str(tmp_path / "y"), 100)
+    assert os.listdir(tmp_path) == []
