@@ -1,17 +1,8 @@
-"""Analytic FLOPs of the towers, device peaks, and model FLOPs utilisation (MFU).
+"""Device peaks, measured CPU peak, achieved TFLOP/s and model FLOPs utilisation (MFU).
 
-Counting rules (the usual ones, e.g. PaLM's appendix B and MaxText): a multiply-add is 2 FLOPs;
-only matmuls count (norms, softmax, activations are a few % at real widths); attention counts
-the full L x L score matrix, causal or not. Per transformer layer over L tokens of width D:
-
-    projections   2 * L * 4 * D^2           (q, k, v, out)
-    attention     2 * 2 * L^2 * D           (q k^T and probs v)
-    mlp           2 * L * 2 * D * mlp_dim   (3 matrices instead of 2 for a gated/GLU MLP)
-
-Training costs 3x the forward (the backward computes activation and weight gradients, each
-about one forward); see `train_flops` for frozen towers. MFU = model FLOPs per second /
-(devices x peak): rematerialisation is not counted, so MFU is what the model needs, not
-what the hardware did.
+The model side (analytic FLOPs per example of each tower) lives in `models.flops`. MFU =
+model FLOPs per second / (devices x peak): rematerialisation is not counted, so MFU is what
+the model needs, not what the hardware did.
 """
 
 from __future__ import annotations
@@ -19,121 +10,9 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-
-
-def dense_flops(tokens: int, d_in: int, d_out: int) -> float:
-    """A [tokens, d_in] x [d_in, d_out] matmul."""
-    return 2.0 * tokens * d_in * d_out
-
-
-def attention_block_flops(q_len: int, kv_len: int, width: int) -> float:
-    """Multi-head attention of q_len queries over kv_len keys (any head split of `width`):
-    q and out projections on the queries, k and v projections on the keys, q k^T, probs v."""
-    projections = dense_flops(q_len, width, width) * 2 + dense_flops(kv_len, width, width) * 2
-    return projections + 2.0 * 2.0 * q_len * kv_len * width
-
-
-def mlp_flops(tokens: int, width: int, mlp_dim: int, *, glu: bool = False) -> float:
-    """Two matmuls D -> mlp_dim -> D per token; a gated (GLU/SwiGLU) MLP has a third."""
-    return dense_flops(tokens, width, mlp_dim) * (3 if glu else 2)
-
-
-def transformer_flops_per_example(
-    *, seq_len: int, width: int, depth: int, mlp_dim: int, glu: bool = False
-) -> float:
-    """Forward FLOPs of `depth` self-attention + MLP layers over one [seq_len, width] sequence."""
-    layer = attention_block_flops(seq_len, seq_len, width) + mlp_flops(
-        seq_len, width, mlp_dim, glu=glu
-    )
-    return depth * layer
-
-
-def map_head_flops(seq_len: int, width: int, mlp_dim: int) -> float:
-    """Multihead attention pooling: one learned probe attends over seq_len tokens, then an MLP."""
-    return attention_block_flops(1, seq_len, width) + mlp_flops(1, width, mlp_dim)
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
-def vit_forward_flops(
-    image_size: int | Sequence[int],
-    patch_size: int | Sequence[int],
-    width: int,
-    depth: int,
-    mlp_dim: int,
-    num_classes: int | None = None,
-    pool_type: str = "gap",
-    channels: int = 3,
-) -> float:
-    """Forward FLOPs of a ViT on one [H, W, channels] image.
-
-    Patch embedding (N = H/p * W/p patches of p*p*channels values) + encoder over N tokens
-    (N + 1 with a class token, pool_type="tok") + MAP head (pool_type="map") + a linear head
-    of `num_classes` outputs (per pooled vector; per token for pool_type="none").
-    """
-    if pool_type not in ("gap", "tok", "map", "none"):
-        raise ValueError(f"Unknown pool_type {pool_type!r}; valid: gap, tok, map, none")
-    (h, w), (ph, pw) = _pair(image_size), _pair(patch_size)
-    if h % ph or w % pw:
-        raise ValueError(f"image_size {(h, w)} is not a multiple of patch_size {(ph, pw)}")
-    patches = (h // ph) * (w // pw)
-    seq_len = patches + (1 if pool_type == "tok" else 0)
-    flops = dense_flops(patches, ph * pw * channels, width)
-    flops += transformer_flops_per_example(
-        seq_len=seq_len, width=width, depth=depth, mlp_dim=mlp_dim
-    )
-    if pool_type == "map":
-        flops += map_head_flops(seq_len, width, mlp_dim)
-    if num_classes:
-        flops += dense_flops(seq_len if pool_type == "none" else 1, width, num_classes)
-    return flops
-
-
-def text_forward_flops(
-    seq_len: int,
-    width: int,
-    depth: int,
-    mlp_dim: int,
-    num_classes: int | None = None,
-    *,
-    vocab_size: int | None = None,
-    glu: bool = False,
-) -> float:
-    """Forward FLOPs of a text transformer on one sequence of seq_len tokens.
-
-    The token embedding is a gather (0 FLOPs). `num_classes`: a linear head on the pooled
-    vector (e.g. the CLIP projection). `vocab_size`: per-token logits of a language model.
-    """
-    flops = transformer_flops_per_example(
-        seq_len=seq_len, width=width, depth=depth, mlp_dim=mlp_dim, glu=glu
-    )
-    if num_classes:
-        flops += dense_flops(1, width, num_classes)
-    if vocab_size:
-        flops += dense_flops(seq_len, width, vocab_size)
-    return flops
-
-
-def train_flops(forward: float, *, frozen: bool = False, backprop_through: bool = False) -> float:
-    """FLOPs of one training step of a tower, given its forward FLOPs.
-
-    Trainable: 3x (forward + activation gradients + weight gradients). A frozen tower has no
-    weight gradients: 1x when it sits at the input end and no gradient flows through it (LiT's
-    locked image tower), 2x when gradients must pass through it to trainable parts before it
-    (a frozen LM fed by a trainable vision encoder, as in Frozen). An approximation: with
-    trainable pieces inside a frozen tower (Flamingo's gated cross-attention) count those
-    pieces separately as trainable.
-    """
-    if not frozen:
-        return 3.0 * forward
-    return (2.0 if backprop_through else 1.0) * forward
-
 
 # Dense (no sparsity) peak FLOP/s per JAX device, from vendor datasheets, as (regex on the
 # lowercased device_kind, bf16 peak, f32 peak at JAX's default matmul precision). At default
@@ -210,3 +89,16 @@ def mfu(
             f"{step_time_s}, {num_devices}, {peak_per_device}"
         )
     return flops_per_step / step_time_s / (num_devices * peak_per_device)
+
+
+def peak_flops_per_device(override: float | None = None, dtype: str = "float32") -> float | None:
+    """The per-device peak for MFU: `override` if given, the datasheet table for known
+    accelerators, else (CPU) the measured host matmul peak shared by the host's devices."""
+    if override:
+        return float(override)
+    device = jax.devices()[0]
+    peak = device_peak_flops(device, dtype)
+    if peak is None and device.platform == "cpu":
+        # Forced host devices (tests, --xla_force_host_platform_device_count) share the cores.
+        peak = measure_matmul_peak(jnp.dtype(dtype), n=1024, repeats=3) / jax.local_device_count()
+    return peak

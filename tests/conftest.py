@@ -17,3 +17,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_report_header(config):
     return f"jax devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+# XLA:CPU compiles are the suite's main cost (a tiny model's init and train step take
+# seconds each); many tests compile identical programs, so share them through the
+# persistent cache. One folder per session keeps runs independent.
+_CACHE_DIR = os.environ.get("VLAX_TEST_JAX_CACHE") or os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"vlax_jax_cache_{os.getppid()}"
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

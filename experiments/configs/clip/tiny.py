@@ -1,0 +1,37 @@
+r"""Tiny CLIP on the built-in synthetic shapes: the CPU demo (`make demo`).
+
+    python -m experiments.train --config experiments/configs/clip/tiny.py \
+        --workdir workdirs/clip_tiny
+
+Variants: `--config experiments/configs/clip/tiny.py:steps=200,batch=64`.
+Expected (2-core CPU, see README for the measured run): zero-shot top-1 over 24 classes
+well above the 4.2% chance level and retrieval R@1 far above chance after ~5 minutes.
+"""
+
+from experiments import config_utils
+from experiments.configs import common
+
+
+def get_config(arg=None):
+    arg = config_utils.parse_arg(arg, steps=600, batch=128, loss="softmax", lr=1e-3)
+    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
+    config.objective = "contrastive"
+    image, text = common.tiny_towers()
+    config.model = dict(image=image, text=text, loss=arg.loss, loss_impl="sharded")
+    config.data = common.shapes_data(image_size=64, max_len=16)
+    config.optim = dict(
+        name="adamw", lr=arg.lr, warmup_steps=max(1, arg.steps // 10), total_steps=arg.steps,
+        schedule="cosine", b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0,
+    )
+    config.checkpoint.every_steps = max(1, arg.steps // 2)
+    config.evals = common.shapes_evals(every_steps=0, batch_size=256)
+    return config
+
+
+def get_sweep():
+    """Ablation grid (loss x learning rate) as a list of config overrides."""
+    return [
+        {"model.loss": loss, "optim.lr": lr}
+        for loss in ("softmax", "sigmoid")
+        for lr in (3e-4, 1e-3, 3e-3)
+    ]

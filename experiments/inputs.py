@@ -1,0 +1,139 @@
+"""Binds `config.data` to the data package: tokenizer, training stream, eval batches.
+
+    config.data = dict(
+        name="vlax_shapes",        # built-in, any prepared tfds name, or "user:/path/pairs.csv"
+        train_split="train",
+        data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
+        image_size=64, max_len=16, augment=True, prefetch=2,
+        tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
+                                                     # trained on the train captions once
+        source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
+    )
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flax.core import FrozenDict
+
+from data import pipeline, sources
+from data import tokenizer as tokenizer_lib
+from experiments import config_utils
+
+DATA_KEYS = {
+    "name", "train_split", "data_dir", "image_size", "max_len", "augment", "prefetch",
+    "tokenizer", "source", "mean", "std",
+}
+TOKENIZER_KEYS = {"model", "vocab_size"}
+
+iterator_state_to_json = pipeline.iterator_state_to_json
+iterator_state_from_json = pipeline.iterator_state_from_json
+
+
+def _plain(x: Any) -> Any:
+    return x.to_dict() if hasattr(x, "to_dict") else dict(x) if isinstance(x, Mapping) else x
+
+
+class Inputs:
+    """The input side of one experiment (train stream, eval data, tokenizer)."""
+
+    def __init__(self, config, *, global_batch_size: int, seed: int, build_train: bool = True):
+        config_utils.check_keys(config, DATA_KEYS, "config.data")
+        config_utils.check_keys(config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer")
+        self.config = config
+        self.name = config.name
+        self.data_dir = os.path.abspath(os.path.expanduser(config.get("data_dir", "data_cache")))
+        self.image_size = int(config.image_size)
+        self.max_len = int(config.max_len)
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.source_kwargs = _plain(config.get("source") or {})
+        self.norm = dict(mean=config.get("mean", 0.5), std=config.get("std", 0.5))
+        # Resolving the train source first makes a missing dataset fail before anything else.
+        self.train_source = self.source(config.get("train_split", "train")) if build_train else None
+        self.tokenizer = self._tokenizer(config.get("tokenizer") or {})
+
+    def source(self, split: str, spec: str | None = None):
+        spec = spec or self.name
+        # The source kwargs (e.g. the built-in's sizes) describe the training dataset only.
+        kwargs = self.source_kwargs if spec == self.name else {}
+        return sources.get_source(spec, split, data_dir=self.data_dir, **kwargs)
+
+    def _tokenizer(self, cfg) -> tokenizer_lib.Tokenizer:
+        vocab_size = int(cfg.get("vocab_size", 1000))
+        path = cfg.get("model")
+        if not path:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+            path = os.path.join(self.data_dir, "tokenizers", f"{slug}_sp{vocab_size}.model")
+        split = self.config.get("train_split", "train")
+
+        def corpus():
+            src = self.train_source if self.train_source is not None else self.source(split)
+            texts = getattr(src, "captions", None)
+            return list(texts()) if callable(texts) else [src[i]["caption"] for i in range(len(src))]
+
+        return tokenizer_lib.get_tokenizer(path, corpus, vocab_size)
+
+    def example_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"image": (self.image_size, self.image_size, 3), "tokens": (self.max_len,)}
+
+    def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Zeros shaped like a batch (for init; shapes only matter, not the batch size)."""
+        return {
+            "image": np.zeros((batch_size, *self.example_shapes()["image"]), np.float32),
+            "tokens": np.ones((batch_size, self.max_len), np.int32),
+        }
+
+    def train_iterator(self):
+        return pipeline.make_train_iterator(
+            self.train_source,
+            tokenizer=self.tokenizer,
+            global_batch_size=self.global_batch_size,
+            image_size=self.image_size,
+            max_len=self.max_len,
+            seed=self.seed,
+            augment=bool(self.config.get("augment", True)),
+            prefetch=int(self.config.get("prefetch", 2)),
+            **self.norm,
+        )
+
+    def make_eval_data(self, spec: str, split: str, batch_size: int | None = None):
+        """The evaluator data contract: (batches_fn, info)."""
+        src = self.source(split, spec)
+        bs = batch_size or self.global_batch_size
+
+        def batches_fn():
+            return pipeline.make_eval_batches(
+                src, tokenizer=self.tokenizer, batch_size=bs, image_size=self.image_size,
+                max_len=self.max_len, **self.norm,
+            )
+
+        info = dict(sources.dataset_info(spec, data_dir=self.data_dir))
+        info.setdefault("templates", info.get("prompt_templates"))
+        info["encode_texts"] = lambda texts: self.tokenizer.encode(list(texts), self.max_len)
+        return batches_fn, info
+
+
+def complete_model_config(model_config, data: Inputs) -> dict[str, Any]:
+    """Fills tokenizer-dependent text-tower fields and freezes nested dicts for Linen."""
+    cfg = _plain(model_config)
+    text = dict(_plain(cfg.get("text", {})))
+    if text:
+        tok = data.tokenizer
+        text.setdefault("vocab_size", tok.vocab_size)
+        if text["vocab_size"] < tok.vocab_size:
+            raise config_utils.ConfigError(
+                f"config.model.text.vocab_size={text['vocab_size']} is smaller than the tokenizer's "
+                f"{tok.vocab_size} pieces ({tok.model_path})."
+            )
+        text.setdefault("max_len", data.max_len)
+        text.setdefault("pad_id", tok.pad_id)
+        if text.get("pool_type", "eos") == "eos":
+            text.setdefault("eos_id", tok.eos_id)
+        cfg["text"] = text
+    return {k: FrozenDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}

@@ -1,0 +1,46 @@
+r"""Train (or resume) an experiment config.
+
+    python -m experiments.train --config experiments/configs/clip/tiny.py[:key=value,...] \
+        --workdir workdirs/clip_tiny [--config.total_steps=100 ...]
+
+Rerunning with the same --workdir resumes from its latest checkpoint.
+"""
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import summary, trainer  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-host runs (else auto/none)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    logging.getLogger().setLevel(logging.INFO)
+    out = trainer.train(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(summary.format_results(out["results"], _WORKDIR.value))
+
+
+if __name__ == "__main__":
+    app.run(main)

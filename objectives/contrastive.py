@@ -1,0 +1,119 @@
+"""Two-tower contrastive objective: CLIP (softmax), SigLIP (sigmoid), LiT (locked tower).
+
+An image tower (models.vit.ViT) and a text tower (models.text.TextTransformer) map a
+batch to L2-normalised embeddings; the loss compares every image with every text of
+the *global* batch. LiT is this objective plus a config that initialises one tower
+from a checkpoint and freezes it in the optimizer (`config.freeze`); nothing here
+changes for it.
+
+Parameters: `img/...`, `txt/...`, `log_temp` and (sigmoid only) `logit_bias`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import flops as flops_lib
+from models import text as text_lib
+from models import vit as vit_lib
+from objectives import contrastive_losses
+
+LOSSES = ("softmax", "sigmoid")
+DEFAULT_TEMPERATURE = {"softmax": 1 / 0.07, "sigmoid": 10.0}
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class TwoTower(nn.Module):
+    """Contrastive image-text model.
+
+    Attributes:
+      image: keyword arguments of `models.vit.ViT` (e.g. variant, num_classes=out dim).
+      text: keyword arguments of `models.text.TextTransformer`.
+      loss: "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP).
+      loss_impl: "sharded" (all-gather softmax / ring sigmoid over the batch mesh axes;
+        exact global negatives) or "dense" (the plain reference).
+      temperature_init: initial exp(log_temp); defaults to 1/0.07 (softmax) or 10 (sigmoid).
+      bias_init: initial SigLIP logit bias.
+    """
+
+    image: Mapping[str, Any]
+    text: Mapping[str, Any]
+    loss: str = "softmax"
+    loss_impl: str = "sharded"
+    temperature_init: float | None = None
+    bias_init: float = -10.0
+
+    def setup(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+        self.img = vit_lib.ViT(**dict(self.image), name="img")
+        self.txt = text_lib.TextTransformer(**dict(self.text), name="txt")
+        t0 = self.temperature_init or DEFAULT_TEMPERATURE[self.loss]
+        self.log_temp = self.param("log_temp", nn.initializers.constant(math.log(t0)), ())
+        if self.loss == "sigmoid":
+            self.logit_bias = self.param(
+                "logit_bias", nn.initializers.constant(self.bias_init), ()
+            )
+
+    def embed_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        """[B, H, W, 3] float -> L2-normalised [B, D]."""
+        z, _ = self.img(images, train=train)
+        return l2_normalize(nn.with_logical_constraint(z, ("batch", "embed")))
+
+    def embed_text(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
+        """[B, L] int32 -> L2-normalised [B, D]."""
+        z, _ = self.txt(tokens, train=train)
+        return l2_normalize(nn.with_logical_constraint(z, ("batch", "embed")))
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False):
+        """batch: {"image": [B, H, W, 3], "tokens": [B, L]} -> (loss, metrics)."""
+        zimg = self.embed_image(batch["image"], train=train)
+        ztxt = self.embed_text(batch["tokens"], train=train)
+        if zimg.shape[-1] != ztxt.shape[-1]:
+            raise ValueError(
+                f"Image embeddings have width {zimg.shape[-1]} but text embeddings "
+                f"{ztxt.shape[-1]}: set the same `num_classes` (projection dim) on both towers."
+            )
+        bias = self.logit_bias if self.loss == "sigmoid" else None
+        loss, metrics = contrastive_losses.contrastive_loss(
+            self.loss, zimg, ztxt, self.log_temp, bias, impl=self.loss_impl
+        )
+        metrics = dict(metrics)
+        metrics["temperature"] = jnp.exp(self.log_temp)
+        if bias is not None:
+            metrics["logit_bias"] = bias
+        return loss, metrics
+
+    def train_flops_per_example(
+        self, shapes: Mapping[str, tuple[int, ...]], frozen: frozenset[str] | set[str] = frozenset()
+    ) -> float:
+        """Analytic training FLOPs of both towers for one (image, text) pair.
+
+        shapes: {"image": (H, W, 3), "tokens": (L,)}; frozen: names of fully frozen towers
+        ("img"/"txt"); a frozen tower sits at the input end, so it costs one forward pass.
+        """
+        image = vit_lib.ViT(**dict(self.image), parent=None)
+        text = text_lib.TextTransformer(**dict(self.text), parent=None)
+        ic, tc = image.config(), text.config()
+        img = flops_lib.vit_forward_flops(
+            shapes["image"][:2], ic["patch_size"], ic["width"], ic["depth"], ic["mlp_dim"],
+            num_classes=image.num_classes, pool_type=image.pool_type,
+        )
+        txt = flops_lib.text_forward_flops(
+            shapes["tokens"][0], tc["width"], tc["depth"], tc["mlp_dim"],
+            num_classes=text.num_classes,
+        )
+        if text.pool_type == "map":
+            txt += flops_lib.map_head_flops(shapes["tokens"][0], tc["width"], tc["mlp_dim"])
+        return flops_lib.train_flops(img, frozen="img" in frozen) + flops_lib.train_flops(
+            txt, frozen="txt" in frozen
+        )
