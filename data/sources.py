@@ -41,8 +41,11 @@ class TfdsSource:
         self._source = data_source
         self._keys = [k for k in ("image", "caption", "label", "hard_negative") if k in features]
         label = _class_label(features)
+        # COCO-style datasets hold several captions per image ("captions"/"text"): use the first.
+        self._multi_captions = "caption" not in features and "captions" in features
+        has_text = "caption" in features or self._multi_captions
         # A classification dataset has no captions: its class name stands in for one.
-        self._label_names = label.names if "caption" not in features and label is not None else None
+        self._label_names = label.names if not has_text and label is not None else None
 
     def __len__(self) -> int:
         return len(self._source)
@@ -64,6 +67,9 @@ class TfdsSource:
             out["label"] = int(out["label"])
         if self._label_names is not None:
             out["caption"] = self._label_names[out["label"]]
+        if self._multi_captions:
+            first = example["captions"]["text"][0]
+            out["caption"] = first.decode("utf-8") if isinstance(first, bytes) else str(first)
         return out
 
     def __getitem__(self, index: int) -> dict:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ DATA_KEYS = {
     "tokenizer", "source", "mean", "std",
 }
 TOKENIZER_KEYS = {"model", "vocab_size"}
+MAX_TOKENIZER_CORPUS = 200_000
 
 iterator_state_to_json = pipeline.iterator_state_to_json
 iterator_state_from_json = pipeline.iterator_state_from_json
@@ -56,7 +58,12 @@ class Inputs:
         self.norm = dict(mean=config.get("mean", 0.5), std=config.get("std", 0.5))
         # Resolving the train source first makes a missing dataset fail before anything else.
         self.train_source = self.source(config.get("train_split", "train")) if build_train else None
-        self.tokenizer = self._tokenizer(config.get("tokenizer") or {})
+        if build_train:
+            _ = self.tokenizer  # load or train it now: failures surface before compiling
+
+    @functools.cached_property
+    def tokenizer(self) -> tokenizer_lib.Tokenizer:
+        return self._tokenizer(self.config.get("tokenizer") or {})
 
     def source(self, split: str, spec: str | None = None):
         spec = spec or self.name
@@ -75,7 +82,10 @@ class Inputs:
         def corpus():
             src = self.train_source if self.train_source is not None else self.source(split)
             texts = getattr(src, "captions", None)
-            return list(texts()) if callable(texts) else [src[i]["caption"] for i in range(len(src))]
+            if callable(texts):
+                return list(texts())
+            # A sample is enough for a subword vocabulary; reading a web-scale split is not.
+            return [src[i]["caption"] for i in range(min(len(src), MAX_TOKENIZER_CORPUS))]
 
         return tokenizer_lib.get_tokenizer(path, corpus, vocab_size)
 
@@ -124,16 +134,21 @@ def complete_model_config(model_config, data: Inputs) -> dict[str, Any]:
     cfg = _plain(model_config)
     text = dict(_plain(cfg.get("text", {})))
     if text:
-        tok = data.tokenizer
-        text.setdefault("vocab_size", tok.vocab_size)
-        if text["vocab_size"] < tok.vocab_size:
-            raise config_utils.ConfigError(
-                f"config.model.text.vocab_size={text['vocab_size']} is smaller than the tokenizer's "
-                f"{tok.vocab_size} pieces ({tok.model_path})."
-            )
+        if data.train_source is None and "vocab_size" in text:
+            # Shapes-only use (benchmark): no tokenizer needed, our models' fixed special ids.
+            pad_id, eos_id = tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID
+        else:
+            tok = data.tokenizer
+            pad_id, eos_id = tok.pad_id, tok.eos_id
+            text.setdefault("vocab_size", tok.vocab_size)
+            if text["vocab_size"] < tok.vocab_size:
+                raise config_utils.ConfigError(
+                    f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
+                    f"tokenizer's {tok.vocab_size} pieces ({tok.model_path})."
+                )
         text.setdefault("max_len", data.max_len)
-        text.setdefault("pad_id", tok.pad_id)
+        text.setdefault("pad_id", pad_id)
         if text.get("pool_type", "eos") == "eos":
-            text.setdefault("eos_id", tok.eos_id)
+            text.setdefault("eos_id", eos_id)
         cfg["text"] = text
     return {k: FrozenDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}

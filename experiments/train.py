@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import summary, trainer  # noqa: E402
@@ -28,6 +29,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+    """Keeps our INFO lines (metrics, evals, ETA) and the libraries' warnings only."""
+
+    NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/", "/etils/", "/grain/")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(
+            part in record.pathname for part in self.NOISY
+        )
+
+
 def main(argv):
     del argv
     if _COORDINATOR.value:
@@ -36,7 +48,11 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    logging.getLogger().setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
     out = trainer.train(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         print(summary.format_results(out["results"], _WORKDIR.value))

@@ -63,3 +63,26 @@ def tiny_towers(*, out_dim: int = 128) -> tuple[dict, dict]:
 
 
 NUM_SHAPES_CLASSES = len(shapes.CLASS_NAMES)
+
+
+def make_runlocal(config: ConfigDict) -> None:
+    """Shrinks a paper-scale config in place so it runs on a CPU in about a minute: same
+    model *structure* (pooling, norms, loss), mu-sized towers, the built-in data."""
+    for tower in (config.model.image, config.model.text):
+        if "variant" in tower:
+            del tower["variant"]
+        tower.update(width=32, depth=2, mlp_dim=64, num_heads=2, remat=False)
+        if "num_classes" in tower:
+            tower.num_classes = 32
+    config.model.image.patch_size = 16
+    config.model.text.vocab_size = 128
+    config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    config.batch_size = 16
+    config.total_steps = 10
+    config.optim.total_steps = 10
+    config.optim.warmup_steps = 2
+    config.log_every_steps = 2
+    config.checkpoint.every_steps = 5
+    config.data = shapes_data(image_size=64, max_len=16, vocab_size=128,
+                              train_size=512, test_size=128)
+    config.evals = shapes_evals(every_steps=0, batch_size=64)

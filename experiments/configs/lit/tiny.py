@@ -1,0 +1,37 @@
+r"""Tiny LiT: the image tower of an earlier run, locked; only the text tower learns.
+
+First train the tiny CLIP (`make demo`, or experiments/configs/clip/tiny.py), then
+
+    python -m experiments.train \
+        --config experiments/configs/lit/tiny.py:init=workdirs/clip_tiny_demo \
+        --workdir workdirs/lit_tiny
+
+`init` is the workdir (or its checkpoints/ folder) of the run whose image tower is loaded;
+the towers must have the same shapes as clip/tiny's. The optimizer freezes every `img/...`
+parameter (bit-identical after training) and the analytic FLOPs count the locked tower as
+forward-only. Expected: zero-shot accuracy comparable to the source run, reached with fewer
+steps since the image features are already trained.
+"""
+
+from experiments import config_utils
+from experiments.configs import common
+
+
+def get_config(arg=None):
+    arg = config_utils.parse_arg(
+        arg, init="workdirs/clip_tiny_demo", steps=300, batch=128, lr=1e-3, loss="softmax"
+    )
+    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
+    config.objective = "contrastive"
+    image, text = common.tiny_towers()
+    config.model = dict(image=image, text=text, loss=arg.loss, loss_impl="sharded")
+    config.init = dict(checkpoint=arg.init, step=None, load=("img",))
+    config.data = common.shapes_data(image_size=64, max_len=16)
+    config.optim = dict(
+        name="adamw", lr=arg.lr, warmup_steps=max(1, arg.steps // 10), total_steps=arg.steps,
+        schedule="cosine", b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0,
+        freeze=("img/.*",),
+    )
+    config.checkpoint.every_steps = max(1, arg.steps // 2)
+    config.evals = common.shapes_evals(every_steps=0, batch_size=256)
+    return config

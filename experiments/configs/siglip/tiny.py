@@ -1,0 +1,35 @@
+r"""Tiny SigLIP (sigmoid loss, ring-sharded) on the built-in synthetic shapes; CPU-sized.
+
+    python -m experiments.train --config experiments/configs/siglip/tiny.py \
+        --workdir workdirs/siglip_tiny
+
+Same towers and data as clip/tiny; only the loss differs (learnable temperature, init 10,
+and bias, init -10). Expected: zero-shot top-1 well above the 4.2% chance of 24 classes.
+"""
+
+from experiments import config_utils
+from experiments.configs import common
+
+
+def get_config(arg=None):
+    arg = config_utils.parse_arg(arg, steps=600, batch=128, lr=1e-3)
+    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
+    config.objective = "contrastive"
+    image, text = common.tiny_towers()
+    config.model = dict(image=image, text=text, loss="sigmoid", loss_impl="sharded",
+                        temperature_init=10.0, bias_init=-10.0)
+    config.data = common.shapes_data(image_size=64, max_len=16)
+    config.optim = dict(
+        name="adamw", lr=arg.lr, warmup_steps=max(1, arg.steps // 10), total_steps=arg.steps,
+        schedule="cosine", b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0,
+    )
+    config.checkpoint.every_steps = max(1, arg.steps // 2)
+    config.evals = common.shapes_evals(every_steps=0, batch_size=256)
+    return config
+
+
+def get_sweep():
+    """Ablation grid: learning rate x bias init, as config overrides."""
+    return [
+        {"optim.lr": lr, "model.bias_init": b} for lr in (3e-4, 1e-3, 3e-3) for b in (-10.0, -5.0)
+    ]
