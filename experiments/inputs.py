@@ -67,7 +67,8 @@ class Inputs:
 
     def source(self, split: str, spec: str | None = None):
         spec = spec or self.name
-        # The source kwargs (e.g. the built-in's sizes) describe the training dataset only.
+        # `config.data.source` (the built-in's sizes, a user folder's `strict`) describes the
+        # training dataset; evaluating on a slice of it uses the same options.
         kwargs = self.source_kwargs if spec == self.name else {}
         return sources.get_source(spec, split, data_dir=self.data_dir, **kwargs)
 

@@ -53,6 +53,27 @@ def shapes_evals(*, every_steps: int, batch_size: int) -> ConfigDict:
     ))
 
 
+def data_and_evals(name: str, *, image_size: int, max_len: int, vocab_size: int,
+                   every_steps: int, eval_batch: int) -> tuple[ConfigDict, ConfigDict]:
+    """Data + evals for the tiny configs: the built-in shapes, or a user's own pairs.
+
+    `name` "vlax_shapes" gives zero-shot + retrieval on its test split. "user:/path" (a CSV,
+    JSONL or folder of image-caption pairs) trains on the first 95% and evaluates retrieval
+    on the last 5%; unreadable images are skipped and counted (`source.strict=True`: error).
+    """
+    if name == "vlax_shapes":
+        return (shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size),
+                shapes_evals(every_steps=every_steps, batch_size=eval_batch))
+    data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
+    data.name = name
+    data.train_split = "train[:95%]"
+    data.source = dict(strict=False) if name.startswith("user:") else {}
+    evals = ConfigDict(dict(retrieval=dict(
+        type="retrieval", every_steps=every_steps, data=name, split="train[95%:]",
+        batch_size=eval_batch)))
+    return data, evals
+
+
 def tiny_towers(*, out_dim: int = 128) -> tuple[dict, dict]:
     """A ViT and a text transformer small enough to train in minutes on 2 CPU cores."""
     image = dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8,

@@ -1,0 +1,162 @@
+"""Text transformer encoder (causal CLIP-style or bidirectional BERT/SigLIP-style).
+
+Configurations of note:
+  * OpenAI CLIP-exact (HF `CLIPTextModel` + `text_projection`): `causal=True`,
+    `pool_type="eos"` with `eos_id` = the end-of-text id, `final_norm=True`,
+    `activation="quick_gelu"`, `norm_eps=1e-5`, `num_classes=<embed dim>`,
+    `head_bias=False`. Padding after EOS cannot change the EOS output under a causal mask.
+  * SigLIP: `causal=False`, `pool_type="last"` (or "map"), `activation="gelu_tanh"`,
+    `num_classes=<embed dim>` with a bias.
+
+Parameter tree: "token_embedding", "pos_embedding", "encoder" (see layers.Encoder),
+"map_head", "head".
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models import layers
+from models.variants import decode_variant
+
+Array = jax.Array
+
+POOL_TYPES = ("eos", "first", "last", "mean", "map")
+
+
+class TextTransformer(nn.Module):
+    """Token ids [B, L] -> ([B, num_classes or D], aux).
+
+    Tokens equal to `pad_id` are masked out of attention keys and of mean/MAP pooling.
+    Pooling: "eos" = the first token equal to `eos_id` (rows without one, or any row when
+    `eos_id` is None, fall back to the last non-pad token); "first" = position 0; "last" =
+    the last non-pad token; "mean" = mean over non-pad tokens; "map" = attention pooling.
+    `variant` ("B", "mu", ...) overrides width/depth/mlp_dim/num_heads.
+    """
+
+    variant: str | None = None
+    vocab_size: int = 32000
+    width: int = 512
+    depth: int = 12
+    mlp_dim: int = 2048
+    num_heads: int = 8
+    max_len: int = 64
+    causal: bool = True
+    pool_type: str = "eos"
+    pad_id: int = 0
+    eos_id: int | None = None
+    activation: str = "gelu"
+    norm_eps: float = 1e-6
+    num_classes: int | None = None
+    head_bias: bool = True
+    head_zeroinit: bool = False
+    final_norm: bool = True
+    dropout: float = 0.0
+    scan: bool = False
+    remat: bool = False
+    dtype: Any = jnp.float32
+    attn_implementation: str | None = None
+
+    def config(self) -> dict[str, int]:
+        """The effective width/depth/mlp_dim/num_heads after decoding `variant`."""
+        cfg = {
+            "width": self.width,
+            "depth": self.depth,
+            "mlp_dim": self.mlp_dim,
+            "num_heads": self.num_heads,
+        }
+        if self.variant is not None:
+            cfg.update({k: v for k, v in decode_variant(self.variant).items() if k in cfg})
+        return cfg
+
+    @nn.compact
+    def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Any]]:
+        """tokens: [B, L] int, L <= max_len.
+
+        Returns (out, aux): out = head(pre_logits) if num_classes else pre_logits;
+        aux["pre_logits"] [B, D]; aux["tokens"] [B, L, D] (final norm applied);
+        aux["block_outputs"] per-block [B, L, D] when not scanned.
+        """
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"Unknown pool_type {self.pool_type!r}: use one of {POOL_TYPES}.")
+        cfg = self.config()
+        width = cfg["width"]
+        _, length = tokens.shape
+        if length > self.max_len:
+            raise ValueError(
+                f"Token sequence length {length} exceeds max_len={self.max_len} of the text "
+                "encoder: truncate the input or raise max_len."
+            )
+        valid = tokens != self.pad_id  # [B, L]
+
+        x = nn.Embed(
+            self.vocab_size,
+            width,
+            dtype=self.dtype,
+            embedding_init=layers.part(nn.initializers.normal(0.02), ("vocab", "embed")),
+            name="token_embedding",
+        )(tokens)
+        pos = self.param(
+            "pos_embedding",
+            layers.part(nn.initializers.normal(0.01), ("length", "embed")),
+            (self.max_len, width),
+        )
+        x = x + pos[None, :length].astype(x.dtype)
+        x = layers.constrain(x, ("batch", "length", "embed"))
+        x = nn.Dropout(self.dropout)(x, not train)
+
+        x, aux = layers.Encoder(
+            depth=cfg["depth"],
+            num_heads=cfg["num_heads"],
+            mlp_dim=cfg["mlp_dim"],
+            activation=self.activation,
+            dropout=self.dropout,
+            causal=self.causal,
+            scan=self.scan,
+            remat=self.remat,
+            final_norm=self.final_norm,
+            norm_eps=self.norm_eps,
+            attn_implementation=self.attn_implementation,
+            dtype=self.dtype,
+            name="encoder",
+        )(x, valid[:, None, None, :], train=train)
+        aux["tokens"] = x
+
+        if self.pool_type == "first":
+            x = x[:, 0]
+        elif self.pool_type == "mean":
+            weights = valid.astype(x.dtype)[..., None]
+            x = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        elif self.pool_type == "map":
+            x = layers.MAPHead(
+                num_heads=cfg["num_heads"],
+                mlp_dim=cfg["mlp_dim"],
+                activation=self.activation,
+                norm_eps=self.norm_eps,
+                attn_implementation=self.attn_implementation,
+                dtype=self.dtype,
+                name="map_head",
+            )(x, valid)
+        else:
+            x = jnp.take_along_axis(x, self._pool_index(tokens, valid)[:, None, None], axis=1)
+            x = x[:, 0]
+        aux["pre_logits"] = x
+
+        if self.num_classes is not None:
+            x = layers.dense_head(
+                self.num_classes, self.head_bias, self.head_zeroinit, self.dtype, name="head"
+            )(x)
+        return x, aux
+
+    def _pool_index(self, tokens: Array, valid: Array) -> Array:
+        """[B] position pooled by "eos" / "last" (see the class docstring)."""
+        length = tokens.shape[1]
+        positions = jnp.arange(length)
+        last_valid = jnp.max(jnp.where(valid, positions, 0), axis=1)
+        if self.pool_type == "last" or self.eos_id is None:
+            return last_valid
+        is_eos = tokens == self.eos_id
+        first_eos = jnp.argmax(is_eos, axis=1)
+        return jnp.where(jnp.any(is_eos, axis=1), first_eos, last_valid)

@@ -1,0 +1,300 @@
+"""Tests for models/layers.py: attention kernels, encoder fast paths, pooling, posembs."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from models import layers
+
+AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "patches", "latents"}
+
+
+def assert_logically_partitioned(variables) -> int:
+    """Every param leaf (of `init` or its `eval_shape`) is boxed with logical names of the
+    right rank; returns the number of leaves."""
+    leaves = jax.tree.leaves(
+        variables["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
+    assert leaves
+    for leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
+        assert len(leaf.names) == leaf.value.ndim, (leaf.names, leaf.value.shape)
+        assert set(leaf.names) - {None} <= AXES | {layers.LAYERS_AXIS}, leaf.names
+    return len(leaves)
+
+
+def random_params(model, *args, seed: int = 0, **kwargs):
+    """Unboxed variables with the shapes of `model.init(key, *args)`, filled from numpy.
+
+    Compiling `init` costs seconds per model on these CPUs (mostly the threefry RNG), so
+    tests that only need *some* weights draw them on the host: N(0, 0.2), norm scales
+    1 + N(0, 0.2).
+    """
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args, **kwargs))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        value = 0.2 * rng.standard_normal(leaf.shape)
+        if getattr(path[-1], "key", None) == "scale":
+            value += 1.0
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree.map_with_path(fill, abstract)
+
+
+def sharded_vs_single(model, inputs, mesh_shape=(2, 4, 1)):
+    """Inits with jit(out_shardings) on a (data, fsdp, tensor) mesh; returns (sharded output,
+    single-device output of the same params, sharded variables)."""
+    mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("vocab", "tensor"),
+        ("kv", None),
+        ("length", None),
+        ("patches", None),
+    )
+    key = jax.random.key(0, impl="rbg")  # threefry init compiles several times slower on CPU
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(model.init, key, inputs)
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+        variables = jax.jit(model.init, out_shardings=shardings)(key, inputs)
+        out = jax.jit(lambda v, x: model.apply(v, x)[0])(variables, inputs)
+    single = jax.device_get(nn.meta.unbox(variables))
+    ref = jax.jit(lambda v, x: model.apply(v, x)[0])(single, np.asarray(inputs))
+    return np.asarray(out), np.asarray(ref), variables
+
+
+def normal(seed, *shape):
+    """Host-side N(0, 1) (an eager jax.random call compiles for seconds per shape here)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def qkv(seed, b=2, t=5, s=5, h=2, d=8):
+    return normal(seed, b, t, h, d), normal(seed + 1, b, s, h, d), normal(seed + 2, b, s, h, d)
+
+
+@pytest.mark.parametrize(
+    "causal,masked,cross",
+    [(False, False, False), (True, True, False), (False, True, True), (True, True, True)],
+)
+def test_einsum_attention_matches_jax(causal, masked, cross):
+    q, k, v = qkv(0, s=7 if cross else 5)
+    mask = None
+    if masked:
+        # Key padding; row 1 also masks key 0, so with causal its first query sees nothing.
+        valid = np.ones((2, k.shape[1]), bool)
+        valid[0, -2:] = False
+        valid[1, 0] = False
+        mask = jnp.asarray(valid[:, None, None, :])
+
+    @jax.jit
+    def run_both(q, k, v):
+        def run(impl):
+            f = lambda q, k, v: layers.attention(q, k, v, mask, causal, impl)
+            grads = jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2))(q, k, v)
+            return f(q, k, v), grads
+
+        return run("einsum"), run("xla")
+
+    (out_e, grads_e), (out_x, grads_x) = run_both(q, k, v)
+    assert out_e.shape == q.shape
+    np.testing.assert_allclose(out_e, out_x, atol=1e-5)
+    for ge, gx in zip(grads_e, grads_x, strict=True):
+        np.testing.assert_allclose(ge, gx, atol=1e-5)
+    assert np.all(np.isfinite(out_e))
+
+
+def test_attention_masks_and_causality_are_respected():
+    q, k, v = qkv(1)
+    only_key_2 = jnp.zeros((2, 1, 1, 5), bool).at[:, ..., 2].set(True)
+
+    @jax.jit
+    def run(q, k, v):
+        return (
+            layers.einsum_attention(q, k, v, causal=True),
+            layers.einsum_attention(q, k, v, mask=only_key_2),
+        )
+
+    causal, masked = run(q, k, v)
+    # The first query can only see the first key: output is exactly v[:, 0].
+    np.testing.assert_allclose(causal[:, 0], v[:, 0], atol=1e-6)
+    np.testing.assert_allclose(masked, jnp.broadcast_to(v[:, 2:3], masked.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown attention implementation"):
+        layers.attention(q, k, v, implementation="flash")
+
+
+def test_multihead_attention_implementations_agree():
+    x = normal(0, 2, 6, 32)
+    mask = jnp.ones((2, 1, 1, 6), bool).at[1, ..., 4:].set(False)
+    mha = lambda impl: layers.MultiHeadAttention(num_heads=4, implementation=impl)
+    params = random_params(mha("einsum"), x, mask=mask)
+    outs = [
+        jax.jit(mha(i).apply, static_argnames="causal")(params, x, mask=mask, causal=True)
+        for i in ("einsum", "xla", None)
+    ]
+    assert outs[0].shape == x.shape
+    for o in outs[1:]:
+        np.testing.assert_allclose(outs[0], o, atol=1e-5)
+    kernels = params["params"]
+    assert kernels["query"]["kernel"].shape == (32, 4, 8)
+    assert kernels["out"]["kernel"].shape == (4, 8, 32)
+    with pytest.raises(ValueError, match="divisible"):
+        jax.eval_shape(layers.MultiHeadAttention(num_heads=5).init, jax.random.key(0), x)
+
+
+def test_activations():
+    x = jnp.array([-2.0, -0.5, 0.0, 1.0, 3.0])
+    np.testing.assert_allclose(
+        layers.activation_fn("quick_gelu")(x), x / (1 + np.exp(-1.702 * np.asarray(x))), rtol=1e-6
+    )
+    erf = jax.scipy.special.erf
+    np.testing.assert_allclose(
+        layers.activation_fn("gelu")(x), 0.5 * x * (1 + erf(x / np.sqrt(2))), rtol=1e-6
+    )
+    tanh_gelu = layers.activation_fn("gelu_tanh")(x)
+    assert not np.allclose(tanh_gelu, layers.activation_fn("gelu")(x), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(tanh_gelu, layers.activation_fn("gelu")(x), atol=1e-3)
+    with pytest.raises(ValueError, match="Unknown activation"):
+        layers.activation_fn("relu6")
+
+
+def test_sincos_2d_values():
+    h, w, d = 3, 4, 16
+    emb = np.asarray(layers.sincos_2d(h, w, d))
+    assert emb.shape == (1, h * w, d)
+    q = d // 4
+    # Position (0, 0): sin terms 0, cos terms 1.
+    np.testing.assert_allclose(emb[0, 0], np.r_[np.zeros(q), np.ones(q), np.zeros(q), np.ones(q)])
+    omega = 1.0 / 10_000.0 ** (np.arange(q) / (q - 1))
+    row, col = 2, 3
+    expect = np.r_[
+        np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)
+    ]
+    np.testing.assert_allclose(emb[0, row * w + col], expect, rtol=1e-6, atol=1e-6)
+    # Each (sin, cos) pair lies on the unit circle: every row has squared norm d / 2.
+    np.testing.assert_allclose((emb[0] ** 2).sum(-1), d / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        layers.sincos_2d(2, 2, 18)
+
+
+def test_sincos_1d_values():
+    emb = np.asarray(layers.sincos_1d(5, 8))
+    assert emb.shape == (1, 5, 8)
+    omega = 1.0 / 10_000.0 ** (np.arange(4) / 3)
+    np.testing.assert_allclose(emb[0, 3], np.r_[np.sin(3 * omega), np.cos(3 * omega)], atol=1e-6)
+    # Distinct positions get distinct embeddings.
+    assert np.linalg.matrix_rank(emb[0]) == 5
+
+
+def encoder(**kw):
+    cfg = dict(depth=2, num_heads=2, mlp_dim=64, causal=True)
+    return layers.Encoder(**(cfg | kw))
+
+
+def stack_blocks(params, depth):
+    """Unscanned {"block_i": tree} -> scanned {"blocks": tree stacked along axis 0}."""
+    params = dict(params)
+    blocks = [params.pop(f"block_{i}") for i in range(depth)]
+    params["blocks"] = jax.tree.map(lambda *a: jnp.stack(a), *blocks)
+    return params
+
+
+@pytest.fixture(scope="module")
+def encoder_inputs():
+    x = normal(0, 2, 6, 32)
+    mask = jnp.ones((2, 1, 1, 6), bool).at[1, ..., 4:].set(False)
+    params = random_params(encoder(), x, mask)["params"]
+    return x, mask, params
+
+
+def forward_and_grads(model, params, x, mask):
+    def loss(p, x):
+        y, _ = model.apply({"params": p}, x, mask)
+        return jnp.sum(jnp.sin(y)), y
+
+    grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, y), grads = grad_fn(params, x)
+    return y, grads
+
+
+@pytest.fixture(scope="module")
+def encoder_reference(encoder_inputs):
+    x, mask, params = encoder_inputs
+    return forward_and_grads(encoder(), params, x, mask)
+
+
+def assert_trees_close(a, b, atol=1e-5):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=atol), a, b)
+
+
+def test_scanned_encoder_matches_unscanned(encoder_inputs, encoder_reference):
+    # scan + remat together is checked on a whole ViT in test_vit.py.
+    x, mask, params = encoder_inputs
+    y_ref, (gp_ref, gx_ref) = encoder_reference
+    scanned = stack_blocks(params, 2)
+    y, (gp, gx) = forward_and_grads(encoder(scan=True), scanned, x, mask)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    np.testing.assert_allclose(gx, gx_ref, atol=1e-5)
+    assert_trees_close(gp, stack_blocks(gp_ref, 2))
+
+
+def test_remat_encoder_matches_plain(encoder_inputs, encoder_reference):
+    x, mask, params = encoder_inputs
+    y_ref, grads_ref = encoder_reference
+    y, grads = forward_and_grads(encoder(remat=True), params, x, mask)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    assert_trees_close(grads, grads_ref)
+
+
+def test_encoder_aux_dropout_and_axes(encoder_inputs, encoder_reference):
+    x, mask, params = encoder_inputs
+    y_eval = encoder_reference[0]
+    rngs = {"dropout": jax.random.key(2, impl="rbg")}
+    for scan in (False, True):
+        model = encoder(scan=scan, dropout=0.5)
+        abstract = jax.eval_shape(model.init, jax.random.key(1), x, mask)
+        n = assert_logically_partitioned(abstract)
+        # 16 leaves per block (2 norms, 4 attention denses, 2 MLP denses), final norm 2.
+        assert n == (16 if scan else 2 * 16) + 2
+        variables = {"params": stack_blocks(params, 2) if scan else params}
+        apply = jax.jit(model.apply, static_argnames="train")
+        y_train, aux = apply(variables, x, mask, train=True, rngs=rngs)
+        assert y_train.shape == y_eval.shape
+        assert not np.allclose(y_train, y_eval, atol=1e-3)
+        assert ("block_outputs" in aux) == (not scan)
+        if scan:
+            kernel = abstract["params"]["blocks"]["mlp"]["fc1"]["kernel"]
+            assert kernel.names == ("layers", "embed", "mlp")
+            assert kernel.value.shape == (2, 32, 64)
+        else:
+            # Dropout is off outside training: eval equals the dropout-free reference.
+            np.testing.assert_array_equal(apply(variables, x, mask)[0], y_eval)
+            kernel = abstract["params"]["block_0"]["attn"]["query"]["kernel"]
+            assert kernel.names == ("embed", "heads", "kv")
+    model = encoder(final_norm=False)
+    unnormed = {k: v for k, v in params.items() if k != "encoder_norm"}
+    y, aux = jax.jit(model.apply)({"params": unnormed}, x, mask)
+    assert len(aux["block_outputs"]) == 2
+    np.testing.assert_array_equal(aux["block_outputs"][-1], y)
+
+
+def test_map_head_pools_and_ignores_masked_tokens():
+    x = normal(0, 2, 5, 32)
+    head = layers.MAPHead(num_heads=2, mlp_dim=64)
+    assert_logically_partitioned(jax.eval_shape(head.init, jax.random.key(1), x))
+    variables = random_params(head, x)
+    apply = jax.jit(head.apply)
+    valid = np.arange(5) < 3
+    valid = np.stack([valid, valid])
+    pooled = apply(variables, x, valid)
+    assert pooled.shape == (2, 32)
+    noisy = x.copy()
+    noisy[:, 3:] = 100.0
+    np.testing.assert_allclose(apply(variables, noisy, valid), pooled, atol=1e-6)
+    np.testing.assert_allclose(apply(variables, x[:, :3]), pooled, atol=1e-5)
