@@ -30,3 +30,9 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+.PHONY: bazel-test
+# Bazel (Debian bazel-bootstrap 4.2.3, offline; see README "Bazel"): installs Bazel
+# if missing, then builds every target and runs every test target.
+bazel-test: $(STAMP)
+	third_party/bazel/setup.sh test //...

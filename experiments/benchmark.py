@@ -28,8 +28,9 @@ from ml_collections import config_flags  # noqa: E402
 from data import tokenizer as tokenizer_lib  # noqa: E402
 from experiments import flops, sharding, trainer  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
@@ -50,7 +51,13 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     """Builds the trainer's step for `config` and times it. Returns the figures as a dict."""
     s = trainer.setup(config, need_data=False)
     vocab = dict(s.model.text).get("vocab_size", 32000)
-    local = synthetic_batch(s.inputs.example_shapes(), config.batch_size, vocab)
+    # Each process feeds its slice of the global batch.
+    local = synthetic_batch(
+        s.inputs.example_shapes(),
+        config.batch_size // jax.process_count(),
+        vocab,
+        seed=jax.process_index(),
+    )
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         batch = sharding.to_global_batch(local, s.mesh)
         t0 = time.perf_counter()
@@ -74,7 +81,9 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     device_bytes = None
     if mem is not None:
         device_bytes = int(
-            mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+            mem.temp_size_in_bytes
+            + mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
             - mem.alias_size_in_bytes
         )
     return {

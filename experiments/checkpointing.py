@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 FORMAT_VERSION = 1
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -71,18 +72,32 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], where
         )
 
 
+def resolve(path: str) -> str:
+    """Absolute local path; URIs (gs://, s3://) are left as they are."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def checkpoint_dir(path: str) -> str:
     """Accepts a workdir or its checkpoints/ folder."""
-    path = os.path.abspath(os.path.expanduser(path))
-    sub = os.path.join(path, CHECKPOINT_SUBDIR)
-    return sub if os.path.isdir(sub) else path
+    path = resolve(path)
+    sub = epath.Path(path) / CHECKPOINT_SUBDIR
+    return str(sub) if sub.is_dir() else path
+
+
+def latest_step(workdir: str) -> int | None:
+    """The newest finished checkpoint step in a workdir, without creating anything."""
+    directory = epath.Path(resolve(workdir)) / CHECKPOINT_SUBDIR
+    if not directory.is_dir():
+        return None
+    steps = ocp.utils.checkpoint_steps(directory)
+    return max(steps) if steps else None
 
 
 class Checkpointer:
     """Periodic save / exact resume of train state, input-pipeline state and metadata."""
 
     def __init__(self, workdir: str, *, save_every: int, keep: int, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+        self.directory = str(epath.Path(resolve(workdir)) / CHECKPOINT_SUBDIR)
         self.every_steps = max(1, save_every)
         # The trainer decides when to save (every_steps and the last step); orbax only keeps K.
         options = ocp.CheckpointManagerOptions(
@@ -136,7 +151,7 @@ def load_params(path: str, step: int | None = None) -> tuple[dict, int]:
     `path` is a workdir or its checkpoints/ folder; `step` defaults to the latest.
     """
     directory = checkpoint_dir(path)
-    if not os.path.isdir(directory):
+    if not epath.Path(directory).is_dir():
         raise FileNotFoundError(
             f"No checkpoint folder at {directory}. Point config.init.checkpoint at the workdir "
             "of a finished run (it holds checkpoints/<step>/)."
@@ -154,9 +169,7 @@ def load_params(path: str, step: int | None = None) -> tuple[dict, int]:
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
     out = manager.restore(
         step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)
-        ),
+        args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)),
     )
     manager.close()
     return jax.tree.map(np.asarray, out["state"]["params"]), step

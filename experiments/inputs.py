@@ -1,14 +1,14 @@
 """Binds `config.data` to the data package: tokenizer, training stream, eval batches.
 
-    config.data = dict(
-        name="vlax_shapes",        # built-in, any prepared tfds name, or "user:/path/pairs.csv"
-        train_split="train",
-        data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
-        image_size=64, max_len=16, augment=True, prefetch=2,
-        tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
-                                                     # trained on the train captions once
-        source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
-    )
+config.data = dict(
+    name="vlax_shapes",        # built-in, any prepared tfds name, or "user:/path/pairs.csv"
+    train_split="train",
+    data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
+    image_size=64, max_len=16, augment=True, prefetch=2,
+    tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
+                                                 # trained on the train captions once
+    source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
+)
 """
 
 from __future__ import annotations
@@ -25,13 +25,24 @@ from flax.core import FrozenDict
 from data import pipeline, sources
 from data import tokenizer as tokenizer_lib
 from experiments import config_utils
+from models import vit as vit_lib
 
 DATA_KEYS = {
-    "name", "train_split", "data_dir", "image_size", "max_len", "augment", "prefetch",
-    "tokenizer", "source", "mean", "std",
+    "name",
+    "train_split",
+    "data_dir",
+    "image_size",
+    "max_len",
+    "augment",
+    "prefetch",
+    "tokenizer",
+    "source",
+    "mean",
+    "std",
 }
 TOKENIZER_KEYS = {"model", "vocab_size"}
 MAX_TOKENIZER_CORPUS = 200_000
+EVAL_READ_BATCH = 256
 
 iterator_state_to_json = pipeline.iterator_state_to_json
 iterator_state_from_json = pipeline.iterator_state_from_json
@@ -46,16 +57,22 @@ class Inputs:
 
     def __init__(self, config, *, global_batch_size: int, seed: int, build_train: bool = True):
         config_utils.check_keys(config, DATA_KEYS, "config.data")
-        config_utils.check_keys(config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer")
+        config_utils.check_keys(
+            config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer"
+        )
         self.config = config
         self.name = config.name
-        self.data_dir = os.path.abspath(os.path.expanduser(config.get("data_dir", "data_cache")))
+        data_dir = config.get("data_dir", "data_cache")
+        self.data_dir = (
+            data_dir if "://" in data_dir else os.path.abspath(os.path.expanduser(data_dir))
+        )
         self.image_size = int(config.image_size)
         self.max_len = int(config.max_len)
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.source_kwargs = _plain(config.get("source") or {})
         self.norm = dict(mean=config.get("mean", 0.5), std=config.get("std", 0.5))
+        self.num_threads = int(config.get("num_threads") or min(16, os.cpu_count() or 2))
         # Resolving the train source first makes a missing dataset fail before anything else.
         self.train_source = self.source(config.get("train_split", "train")) if build_train else None
         if build_train:
@@ -110,18 +127,25 @@ class Inputs:
             seed=self.seed,
             augment=bool(self.config.get("augment", True)),
             prefetch=int(self.config.get("prefetch", 2)),
+            num_threads=self.num_threads,
             **self.norm,
         )
 
     def make_eval_data(self, spec: str, split: str, batch_size: int | None = None):
         """The evaluator data contract: (batches_fn, info)."""
         src = self.source(split, spec)
-        bs = batch_size or self.global_batch_size
+        # Read batches only bound host memory (evaluators re-batch for the devices).
+        bs = batch_size or EVAL_READ_BATCH
 
         def batches_fn():
             return pipeline.make_eval_batches(
-                src, tokenizer=self.tokenizer, batch_size=bs, image_size=self.image_size,
-                max_len=self.max_len, **self.norm,
+                src,
+                tokenizer=self.tokenizer,
+                batch_size=bs,
+                image_size=self.image_size,
+                max_len=self.max_len,
+                num_threads=self.num_threads,
+                **self.norm,
             )
 
         info = dict(sources.dataset_info(spec, data_dir=self.data_dir))
@@ -133,6 +157,15 @@ class Inputs:
 def complete_model_config(model_config, data: Inputs) -> dict[str, Any]:
     """Fills tokenizer-dependent text-tower fields and freezes nested dicts for Linen."""
     cfg = _plain(model_config)
+    image = _plain(cfg.get("image", {}))
+    if image:
+        # Checked here so a wrong size fails before anything compiles.
+        patch = vit_lib.ViT(**image, parent=None).config()["patch_size"]
+        if data.image_size % patch:
+            raise config_utils.ConfigError(
+                f"config.data.image_size={data.image_size} is not a multiple of the image "
+                f"tower's patch size {patch} (config.model.image.variant/patch_size)."
+            )
     text = dict(_plain(cfg.get("text", {})))
     if text:
         if data.train_source is None and "vocab_size" in text:

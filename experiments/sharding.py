@@ -170,6 +170,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Assembles per-process numpy batches into global arrays sharded over batch axes."""
     sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
-    )
+
+    def to_global(x):
+        x = np.asarray(x)
+        # Explicit global shape: jax then rejects process layouts where the per-process rows
+        # would not be distinct batch shards (instead of silently mixing data).
+        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(to_global, local_batch)

@@ -18,11 +18,17 @@ from ml_collections import config_flags  # noqa: E402
 
 from experiments import summary, trainer  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results go.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Multi-host run: call jax.distributed.initialize() (auto-detects TPU pods, SLURM, ...).",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for multi-host runs (else auto/none)."
+    "coordinator_address", None, "Multi-host without a cluster manager: host:port of process 0."
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -48,6 +54,8 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     import tensorflow_datasets as tfds

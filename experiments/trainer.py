@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
+from etils import epath
+from jax.experimental import multihost_utils
 
 import objectives
 from experiments import checkpointing, config_utils, flops, inputs, sharding
@@ -75,6 +77,16 @@ class Setup:
     frozen: Any  # pytree of bool, True = frozen
     step_fn: Callable
     flops_per_step: float
+    evaluators: dict
+
+    @functools.cached_property
+    def embed_fns(self) -> tuple[Callable, Callable]:
+        """Jitted (params, batch) -> embeddings, built once so evals never recompile."""
+        model = self.model
+        return tuple(
+            jax.jit(lambda p, x, m=method: model.apply({"params": p}, x, method=m))
+            for method in ("embed_image", "embed_text")
+        )
 
 
 def validate_config(config) -> None:
@@ -123,7 +135,9 @@ def load_init_towers(params, init_config, shardings):
         params[name] = jax.tree.map(
             lambda x, sh: jax.device_put(np.asarray(x), sh), loaded[name], shardings[name]
         )
-    logging.info("Loaded %s from %s (step %d).", list(init_config.load), init_config.checkpoint, step)
+    logging.info(
+        "Loaded %s from %s (step %d).", list(init_config.load), init_config.checkpoint, step
+    )
     return params
 
 
@@ -135,9 +149,7 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
         rng = jax.random.fold_in(base_rng, state["step"])
 
         def loss_fn(params):
-            return model.apply(
-                {"params": params}, batch, train=True, rngs={"dropout": rng}
-            )
+            return model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -146,6 +158,7 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
             **metrics,
             "loss": loss,
             "grad_norm": optimizer_lib.trainable_global_norm(grads, freeze),
+            "param_norm": optax.global_norm(params),
             "learning_rate": schedule(state["step"]),
         }
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
@@ -153,7 +166,7 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
     return train_step
 
 
-def setup(config, *, need_data: bool = True, devices=None) -> Setup:
+def setup(config, *, need_data: bool = True, devices=None, load_init: bool = True) -> Setup:
     """Validates the config and builds mesh, inputs, model, sharded state and the step.
 
     `devices` restricts the mesh to a subset (tests compare meshes in one process).
@@ -162,15 +175,23 @@ def setup(config, *, need_data: bool = True, devices=None) -> Setup:
     mesh = sharding.make_mesh(config.mesh, config.get("mesh_dcn") or (), devices)
     sharding.check_batch_size(config.batch_size, mesh)
     rules = tuple(tuple(r) for r in (config.get("sharding_rules") or sharding.DEFAULT_RULES))
-    data = inputs.Inputs(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                         build_train=need_data)
+    data = inputs.Inputs(
+        config.data, global_batch_size=config.batch_size, seed=config.seed, build_train=need_data
+    )
+    evaluators = {}
+    if need_data:  # evaluator configs and their data are checked before anything compiles
+        evaluators = build_evaluators(config.get("evals"), make_data=data.make_eval_data)
+        for name in evaluators:
+            sharding.check_batch_size(
+                config.evals[name].batch_size, mesh, f"config.evals.{name}.batch_size"
+            )
     model_config = inputs.complete_model_config(config.model, data)
     model = objectives.get_objective(config.objective)(**model_config)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         dummy = data.dummy_batch(config.batch_size)
         params, param_shardings = init_params(model, dummy, mesh, rules, config.seed)
-        if config.get("init") and config.init.get("checkpoint"):
+        if load_init and config.get("init") and config.init.get("checkpoint"):
             params = load_init_towers(params, config.init, param_shardings)
         tx, schedule = optimizer_lib.make_optimizer(config.optim, params)
         freeze = optimizer_lib.freeze_patterns(config.optim)
@@ -187,8 +208,21 @@ def setup(config, *, need_data: bool = True, devices=None) -> Setup:
     flops_per_step = config.batch_size * model.train_flops_per_example(
         data.example_shapes(), frozen=_frozen_towers(frozen)
     )
-    return Setup(config, mesh, rules, model, data, state, state_shardings, tx, schedule,
-                 frozen, step_fn, flops_per_step)
+    return Setup(
+        config,
+        mesh,
+        rules,
+        model,
+        data,
+        state,
+        state_shardings,
+        tx,
+        schedule,
+        frozen,
+        step_fn,
+        flops_per_step,
+        evaluators,
+    )
 
 
 def _frozen_towers(frozen) -> set[str]:
@@ -198,7 +232,7 @@ def _frozen_towers(frozen) -> set[str]:
 
 def _check_finite(step: int, metrics, ckpt, workdir) -> dict[str, float]:
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = {k: host[k] for k in ("loss", "grad_norm") if not np.isfinite(host[k])}
+    bad = {k: host[k] for k in ("loss", "grad_norm", "param_norm") if not np.isfinite(host[k])}
     if bad:
         ckpt.wait()
         last = ckpt.latest_step()
@@ -211,34 +245,47 @@ def _check_finite(step: int, metrics, ckpt, workdir) -> dict[str, float]:
     return host
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+def _write_json_atomic(path: epath.Path, obj) -> None:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.rename(path)
 
 
 def run_evals(s: Setup, evaluators, params, step: int, writer, workdir, *, final: bool):
     """Runs the evaluators due at `step`; writes scalars and <workdir>/eval_results.json."""
-    due = {n: e for n, e in evaluators.items() if final or (e.every_steps and step % e.every_steps == 0)}
+    due = {
+        n: e
+        for n, e in evaluators.items()
+        if final or (e.every_steps and step % e.every_steps == 0)
+    }
     if not due:
         return {}
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        embed_image = jax.jit(lambda p, x: s.model.apply({"params": p}, x, method="embed_image"))
-        embed_text = jax.jit(lambda p, x: s.model.apply({"params": p}, x, method="embed_text"))
-        to_dev = lambda x: jax.device_put(x, sharding.batch_sharding(s.mesh))  # noqa: E731
+        embed_image, embed_text = s.embed_fns
+        batch_sharding = sharding.batch_sharding(s.mesh)
+
+        def on_devices(fn):
+            # Every process reads the same eval rows: place each device's slice of them,
+            # then gather the embeddings back to every host.
+            def run(x):
+                x = np.asarray(x)
+                out = fn(
+                    params,
+                    jax.make_array_from_callback(x.shape, batch_sharding, lambda idx: x[idx]),
+                )
+                return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+            return run
+
         results = {}
         for name, evaluator in due.items():
             t0 = time.time()
-            results[name] = evaluator.run(
-                lambda x: np.asarray(embed_image(params, to_dev(x))),
-                lambda x: np.asarray(embed_text(params, to_dev(x))),
-            )
+            results[name] = evaluator.run(on_devices(embed_image), on_devices(embed_text))
             logging.info("eval %s @%d (%.1fs): %s", name, step, time.time() - t0, results[name])
             writer.write_scalars(step, {f"{name}/{k}": v for k, v in results[name].items()})
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "eval_results.json")
-        history = json.load(open(path)) if os.path.exists(path) else {}
+        path = epath.Path(workdir) / "eval_results.json"
+        history = json.loads(path.read_text()) if path.exists() else {}
         history[str(step)] = results
         _write_json_atomic(path, history)
     return results
@@ -250,9 +297,12 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
     Returns {"results": final eval metrics, "state": final train state, "setup": Setup}.
     `on_batch(step, local_batch)` sees every host batch before it is used (tests, debugging).
     """
-    os.makedirs(workdir, exist_ok=True)
-    s = setup(config)
-    evaluators = build_evaluators(config.get("evals"), make_data=s.inputs.make_eval_data)
+    workdir = checkpointing.resolve(workdir)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    # A resumed run takes every parameter from its own checkpoint: skip LiT's tower load.
+    resuming = checkpointing.latest_step(workdir) is not None
+    s = setup(config, load_init=not resuming)
+    evaluators = s.evaluators
     ck_cfg = config.get("checkpoint") or {}
     ckpt = checkpointing.Checkpointer(
         workdir,
@@ -270,6 +320,7 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
         )
         state, data_state = ckpt.restore(start, abstract)
+        s.state = None  # drop the fresh init so its buffers are freed
         train_iter.set_state(inputs.iterator_state_from_json(data_state))
         logging.info("Resumed from step %d in %s.", start, ckpt.directory)
     start = start or 0
@@ -278,7 +329,9 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
     progress = periodic_actions.ReportProgress(
-        num_train_steps=config.total_steps, writer=writer, every_steps=config.get("log_every_steps", 50)
+        num_train_steps=config.total_steps,
+        writer=writer,
+        every_steps=config.get("log_every_steps", 50),
     )
     peak = flops.peak_flops_per_device(config.get("peak_flops_per_device"))
     logging.info("Peak FLOP/s per device for MFU: %s", peak)
@@ -287,48 +340,56 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
     pending = None  # (step, metrics) not yet checked for NaN
     t_log, steps_since_log = None, 0
     results = {}
-    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        for step in range(start + 1, total + 1):
-            local = next(train_iter)
-            if on_batch is not None:
-                on_batch(step, local)
-            # "index" is host-side bookkeeping (data order); the model never sees it.
-            batch = sharding.to_global_batch(
-                {k: v for k, v in local.items() if k != "index"}, s.mesh
-            )
-            state, metrics = s.step_fn(state, batch)
+    try:
+        with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+            for step in range(start + 1, total + 1):
+                local = next(train_iter)
+                if on_batch is not None:
+                    on_batch(step, local)
+                # "index" is host-side bookkeeping (data order); the model never sees it.
+                batch = sharding.to_global_batch(
+                    {k: v for k, v in local.items() if k != "index"}, s.mesh
+                )
+                state, metrics = s.step_fn(state, batch)
+                if pending is not None:
+                    _check_finite(*pending, ckpt, workdir)
+                pending = (step, metrics)
+                progress(step)
+                save_due = step % ckpt.every_steps == 0 or step == total
+                eval_due = any(
+                    e.every_steps and step % e.every_steps == 0 for e in evaluators.values()
+                )
+                if step % log_every == 0 or save_due or eval_due or step == start + 1:
+                    host = _check_finite(*pending, ckpt, workdir)
+                    pending = None
+                    now = time.time()
+                    if t_log is not None and steps_since_log:
+                        dt = (now - t_log) / steps_since_log
+                        host["step_time_s"] = dt
+                        host["examples_per_sec"] = config.batch_size / dt
+                        per_dev = s.flops_per_step / dt / jax.device_count()
+                        host["tflops_per_device"] = per_dev / 1e12
+                        if peak:
+                            host["mfu"] = per_dev / peak
+                    writer.write_scalars(step, host)
+                    t_log, steps_since_log = now, 0
+                steps_since_log += 1
+                if save_due:
+                    ckpt.save(
+                        step, state, inputs.iterator_state_to_json(train_iter.get_state()), meta
+                    )
+                if eval_due or step == total:
+                    results = run_evals(
+                        s, evaluators, state["params"], step, writer, workdir, final=step == total
+                    )
+                    t_log, steps_since_log = time.time(), 0  # keep eval time out of throughput
             if pending is not None:
                 _check_finite(*pending, ckpt, workdir)
-            pending = (step, metrics)
-            progress(step)
-            save_due = step % ckpt.every_steps == 0 or step == total
-            eval_due = any(e.every_steps and step % e.every_steps == 0 for e in evaluators.values())
-            if step % log_every == 0 or save_due or eval_due or step == start + 1:
-                host = _check_finite(*pending, ckpt, workdir)
-                pending = None
-                now = time.time()
-                if t_log is not None and steps_since_log:
-                    dt = (now - t_log) / steps_since_log
-                    host["step_time_s"] = dt
-                    host["examples_per_sec"] = config.batch_size / dt
-                    per_dev = s.flops_per_step / dt / jax.device_count()
-                    host["tflops_per_device"] = per_dev / 1e12
-                    if peak:
-                        host["mfu"] = per_dev / peak
-                writer.write_scalars(step, host)
-                t_log, steps_since_log = now, 0
-            steps_since_log += 1
-            if save_due:
-                ckpt.save(step, state, inputs.iterator_state_to_json(train_iter.get_state()), meta)
-            if eval_due or step == total:
-                results = run_evals(s, evaluators, state["params"], step, writer, workdir,
-                                    final=step == total)
-                t_log = time.time()  # keep eval time out of throughput
-        if pending is not None:
-            _check_finite(*pending, ckpt, workdir)
-    if start >= total:
-        results = run_evals(s, evaluators, state["params"], total, writer, workdir, final=True)
-    ckpt.close()
-    writer.flush()
-    return {"results": results, "state": state, "setup": s}
+        if start >= total:
+            results = run_evals(s, evaluators, state["params"], total, writer, workdir, final=True)
+    finally:
+        # Also on errors: an async save still in flight must finish, or it is lost.
+        ckpt.close()
+        writer.flush()
 
+    return {"results": results, "state": state, "setup": s}

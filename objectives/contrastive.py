@@ -60,9 +60,7 @@ class TwoTower(nn.Module):
         t0 = self.temperature_init or DEFAULT_TEMPERATURE[self.loss]
         self.log_temp = self.param("log_temp", nn.initializers.constant(math.log(t0)), ())
         if self.loss == "sigmoid":
-            self.logit_bias = self.param(
-                "logit_bias", nn.initializers.constant(self.bias_init), ()
-            )
+            self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.bias_init), ())
 
     def embed_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """[B, H, W, 3] float -> L2-normalised [B, D]."""
@@ -105,11 +103,19 @@ class TwoTower(nn.Module):
         text = text_lib.TextTransformer(**dict(self.text), parent=None)
         ic, tc = image.config(), text.config()
         img = flops_lib.vit_forward_flops(
-            shapes["image"][:2], ic["patch_size"], ic["width"], ic["depth"], ic["mlp_dim"],
-            num_classes=image.num_classes, pool_type=image.pool_type,
+            shapes["image"][:2],
+            ic["patch_size"],
+            ic["width"],
+            ic["depth"],
+            ic["mlp_dim"],
+            num_classes=image.num_classes,
+            pool_type=image.pool_type,
         )
         txt = flops_lib.text_forward_flops(
-            shapes["tokens"][0], tc["width"], tc["depth"], tc["mlp_dim"],
+            shapes["tokens"][0],
+            tc["width"],
+            tc["depth"],
+            tc["mlp_dim"],
             num_classes=text.num_classes,
         )
         if text.pool_type == "map":

@@ -14,47 +14,71 @@ ConfigDict = ml_collections.ConfigDict
 
 def base(*, total_steps: int, batch_size: int, seed: int = 0) -> ConfigDict:
     """Fields every experiment has; data parallel over all devices by default."""
-    return ConfigDict(dict(
-        seed=seed,
-        total_steps=total_steps,
-        batch_size=batch_size,
-        log_every_steps=50,
-        mesh=(("data", -1), ("fsdp", 1), ("tensor", 1)),
-        mesh_dcn=(),
-        sharding_rules=sharding.DEFAULT_RULES,
-        checkpoint=dict(every_steps=500, keep=2, async_save=True),
-        peak_flops_per_device=None,  # None: known accelerator table, or measured on CPU
-    ))
+    return ConfigDict(
+        dict(
+            seed=seed,
+            total_steps=total_steps,
+            batch_size=batch_size,
+            log_every_steps=50,
+            mesh=(("data", -1), ("fsdp", 1), ("tensor", 1)),
+            mesh_dcn=(),
+            sharding_rules=sharding.DEFAULT_RULES,
+            checkpoint=dict(every_steps=500, keep=2, async_save=True),
+            peak_flops_per_device=None,  # None: known accelerator table, or measured on CPU
+        )
+    )
 
 
-def shapes_data(*, image_size: int = 64, max_len: int = 16, vocab_size: int = 128,
-                train_size: int = 20000, test_size: int = 2000) -> ConfigDict:
+def shapes_data(
+    *,
+    image_size: int = 64,
+    max_len: int = 16,
+    vocab_size: int = 128,
+    train_size: int = 20000,
+    test_size: int = 2000,
+) -> ConfigDict:
     """The built-in synthetic shapes dataset (generated into data_dir on first use)."""
-    return ConfigDict(dict(
-        name="vlax_shapes",
-        train_split="train",
-        data_dir="data_cache",
-        image_size=image_size,
-        max_len=max_len,
-        augment=True,
-        prefetch=2,
-        tokenizer=dict(model="", vocab_size=vocab_size),
-        source=dict(image_size=image_size, train_size=train_size, test_size=test_size),
-    ))
+    return ConfigDict(
+        dict(
+            name="vlax_shapes",
+            train_split="train",
+            data_dir="data_cache",
+            image_size=image_size,
+            max_len=max_len,
+            augment=True,
+            prefetch=2,
+            tokenizer=dict(model="", vocab_size=vocab_size),
+            source=dict(image_size=image_size, train_size=train_size, test_size=test_size),
+        )
+    )
 
 
 def shapes_evals(*, every_steps: int, batch_size: int) -> ConfigDict:
     """Zero-shot over the 24 "colour shape" classes and retrieval, on the held-out split."""
-    return ConfigDict(dict(
-        zero_shot=dict(type="zero_shot", every_steps=every_steps, data="vlax_shapes",
-                       split="test", batch_size=batch_size),
-        retrieval=dict(type="retrieval", every_steps=every_steps, data="vlax_shapes",
-                       split="test", batch_size=batch_size, max_examples=1000),
-    ))
+    return ConfigDict(
+        dict(
+            zero_shot=dict(
+                type="zero_shot",
+                every_steps=every_steps,
+                data="vlax_shapes",
+                split="test",
+                batch_size=batch_size,
+            ),
+            retrieval=dict(
+                type="retrieval",
+                every_steps=every_steps,
+                data="vlax_shapes",
+                split="test",
+                batch_size=batch_size,
+                max_examples=1000,
+            ),
+        )
+    )
 
 
-def data_and_evals(name: str, *, image_size: int, max_len: int, vocab_size: int,
-                   every_steps: int, eval_batch: int) -> tuple[ConfigDict, ConfigDict]:
+def data_and_evals(
+    name: str, *, image_size: int, max_len: int, vocab_size: int, every_steps: int, eval_batch: int
+) -> tuple[ConfigDict, ConfigDict]:
     """Data + evals for the tiny configs: the built-in shapes, or a user's own pairs.
 
     `name` "vlax_shapes" gives zero-shot + retrieval on its test split. "user:/path" (a CSV,
@@ -62,24 +86,49 @@ def data_and_evals(name: str, *, image_size: int, max_len: int, vocab_size: int,
     on the last 5%; unreadable images are skipped and counted (`source.strict=True`: error).
     """
     if name == "vlax_shapes":
-        return (shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size),
-                shapes_evals(every_steps=every_steps, batch_size=eval_batch))
+        return (
+            shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size),
+            shapes_evals(every_steps=every_steps, batch_size=eval_batch),
+        )
     data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
     data.name = name
     data.train_split = "train[:95%]"
     data.source = dict(strict=False) if name.startswith("user:") else {}
-    evals = ConfigDict(dict(retrieval=dict(
-        type="retrieval", every_steps=every_steps, data=name, split="train[95%:]",
-        batch_size=eval_batch)))
+    evals = ConfigDict(
+        dict(
+            retrieval=dict(
+                type="retrieval",
+                every_steps=every_steps,
+                data=name,
+                split="train[95%:]",
+                batch_size=eval_batch,
+            )
+        )
+    )
     return data, evals
 
 
 def tiny_towers(*, out_dim: int = 128) -> tuple[dict, dict]:
     """A ViT and a text transformer small enough to train in minutes on 2 CPU cores."""
-    image = dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8,
-                 posemb="learn", pool_type="gap", num_classes=out_dim)
-    text = dict(width=128, depth=4, mlp_dim=512, num_heads=4, causal=True,
-                pool_type="eos", num_classes=out_dim)
+    image = dict(
+        width=128,
+        depth=4,
+        mlp_dim=512,
+        num_heads=4,
+        patch_size=8,
+        posemb="learn",
+        pool_type="gap",
+        num_classes=out_dim,
+    )
+    text = dict(
+        width=128,
+        depth=4,
+        mlp_dim=512,
+        num_heads=4,
+        causal=True,
+        pool_type="eos",
+        num_classes=out_dim,
+    )
     return image, text
 
 
@@ -104,6 +153,7 @@ def make_runlocal(config: ConfigDict) -> None:
     config.optim.warmup_steps = 2
     config.log_every_steps = 2
     config.checkpoint.every_steps = 5
-    config.data = shapes_data(image_size=64, max_len=16, vocab_size=128,
-                              train_size=512, test_size=128)
+    config.data = shapes_data(
+        image_size=64, max_len=16, vocab_size=128, train_size=512, test_size=128
+    )
     config.evals = shapes_evals(every_steps=0, batch_size=64)

@@ -32,8 +32,14 @@ def tiny_config(data_dir, *, loss="softmax", steps=3, batch=16, mesh=None):
     config.data.data_dir = data_dir
     config.data.source = dict(TINY_SOURCE)
     config.data.augment = False
-    config.optim = dict(name="adamw", lr=1e-3, warmup_steps=1, total_steps=steps,
-                        weight_decay=0.1, grad_clip_norm=1.0)
+    config.optim = dict(
+        name="adamw",
+        lr=1e-3,
+        warmup_steps=1,
+        total_steps=steps,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+    )
     config.checkpoint = dict(every_steps=2, keep=3, async_save=False)
     config.log_every_steps = 1
     config.evals = {}

@@ -16,8 +16,13 @@ CONFIGS = sorted(
 
 def test_configs_exist():
     names = {os.path.relpath(p, "experiments/configs") for p in CONFIGS}
-    assert {"clip/tiny.py", "siglip/tiny.py", "clip/b16.py", "siglip/b16.py",
-            "lit/tiny.py"} <= names
+    assert {
+        "clip/tiny.py",
+        "siglip/tiny.py",
+        "clip/b16.py",
+        "siglip/b16.py",
+        "lit/tiny.py",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS)

@@ -17,8 +17,15 @@ def test_tiny_clip_zero_shot_clears_3x_chance(tmp_path_factory):
     config.model.image.update(width=64, mlp_dim=256, depth=2, num_heads=4, patch_size=8)
     config.model.text.update(width=64, mlp_dim=256, depth=2, num_heads=4)
     config.model.image.num_classes = config.model.text.num_classes = 64
-    config.optim = dict(name="adamw", lr=3e-3, warmup_steps=30, total_steps=300,
-                        b2=0.98, weight_decay=0.1, grad_clip_norm=1.0)
+    config.optim = dict(
+        name="adamw",
+        lr=3e-3,
+        warmup_steps=30,
+        total_steps=300,
+        b2=0.98,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+    )
     config.checkpoint = dict(every_steps=300, keep=1, async_save=True)
     config.log_every_steps = 100
     config.evals = common.shapes_evals(every_steps=0, batch_size=64)

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from data import sources
-from experiments import checkpointing, config_utils, sharding, trainer
+from experiments import checkpointing, config_utils, inputs, sharding, trainer
 
 
 def _run_steps(config, devices, batches):
+    """Returns (losses, initial params, final params) of len(batches) trainer steps."""
     s = trainer.setup(config, devices=devices)
     state, losses = s.state, []
+    init = jax.device_get(state["params"])  # before the donated steps consume the buffers
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         for local in batches:
             batch = sharding.to_global_batch(
@@ -19,12 +21,12 @@ def _run_steps(config, devices, batches):
             )
             state, metrics = s.step_fn(state, batch)
             losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(state["params"])
+    return losses, init, jax.device_get(state["params"])
 
 
 def _batches(config, n):
-    s = trainer.setup(config, devices=jax.devices()[:1])
-    it = s.inputs.train_iterator()
+    data = inputs.Inputs(config.data, global_batch_size=config.batch_size, seed=config.seed)
+    it = data.train_iterator()
     return [next(it) for _ in range(n)]
 
 
@@ -47,8 +49,8 @@ def test_sharded_steps_match_single_device(make_config, mesh, loss):
 
     single = config((("data", 1),))
     batches = _batches(single, 3)
-    ref_losses, ref_params = _run_steps(single, jax.devices()[:1], batches)
-    losses, params = _run_steps(config(mesh), jax.devices(), batches)
+    ref_losses, init, ref_params = _run_steps(single, jax.devices()[:1], batches)
+    losses, _, params = _run_steps(config(mesh), jax.devices(), batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
     flat_ref = jax.tree_util.tree_leaves_with_path(ref_params)
     flat = jax.tree.leaves(params)
@@ -56,7 +58,6 @@ def test_sharded_steps_match_single_device(make_config, mesh, loss):
     for (path, want), got in zip(flat_ref, flat, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(path))
     # The parameters really changed over the 3 steps (the comparison is not vacuous).
-    init = trainer.setup(single, devices=jax.devices()[:1]).state["params"]
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), init, ref_params)
     assert max(jax.tree.leaves(moved)) > 1e-4
 
@@ -69,8 +70,9 @@ def test_resume_continues_exactly(make_config, tmp_path):
     first = make_config(steps=4)
     first.total_steps = 2  # "killed" after 2 steps; the schedule still spans 4
     trainer.train(first, str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b))
-    out = trainer.train(make_config(steps=4), str(tmp_path / "b"),
-                        on_batch=lambda s, b: seen_resumed.append(b))
+    out = trainer.train(
+        make_config(steps=4), str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b)
+    )
 
     assert [int(b["index"][0]) for b in seen_resumed] == [int(b["index"][0]) for b in seen_straight]
     for a, b in zip(seen_straight, seen_resumed, strict=True):

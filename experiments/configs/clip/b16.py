@@ -23,20 +23,47 @@ from experiments.configs import common
 
 def get_config(arg=None):
     arg = config_utils.parse_arg(
-        arg, data="coco_captions", data_dir="~/tensorflow_datasets", tokenizer="",
-        batch=32768, steps=390_000, fsdp=1, tensor=1, runlocal=False, loss="softmax",
+        arg,
+        data="coco_captions",
+        data_dir="~/tensorflow_datasets",
+        tokenizer="",
+        batch=32768,
+        steps=390_000,
+        fsdp=1,
+        tensor=1,
+        runlocal=False,
+        loss="softmax",
     )
     config = common.base(total_steps=arg.steps, batch_size=arg.batch)
     config.mesh = (("data", -1), ("fsdp", arg.fsdp), ("tensor", arg.tensor))
     config.objective = "contrastive"
     out_dim = 512
     config.model = dict(
-        image=dict(variant="B/16", pool_type="cls", posemb="learn", ln_pre=True,
-                   patch_bias=False, num_classes=out_dim, head_bias=False,
-                   activation="quick_gelu", norm_eps=1e-5, remat=True),
-        text=dict(width=512, depth=12, mlp_dim=2048, num_heads=8, causal=True, vocab_size=32000,
-                  pool_type="eos", activation="quick_gelu", num_classes=out_dim,
-                  head_bias=False, remat=True),
+        image=dict(
+            variant="B/16",
+            pool_type="cls",
+            posemb="learn",
+            ln_pre=True,
+            patch_bias=False,
+            num_classes=out_dim,
+            head_bias=False,
+            activation="quick_gelu",
+            norm_eps=1e-5,
+            remat=True,
+        ),
+        text=dict(
+            width=512,
+            depth=12,
+            mlp_dim=2048,
+            num_heads=8,
+            causal=True,
+            vocab_size=32000,
+            pool_type="eos",
+            activation="quick_gelu",
+            num_classes=out_dim,
+            head_bias=False,
+            remat=True,
+        ),
         loss=arg.loss,
         loss_impl="sharded",
     )
@@ -48,8 +75,16 @@ def get_config(arg=None):
     config.data.mean = tuple(preprocess.CLIP_MEAN)
     config.data.std = tuple(preprocess.CLIP_STD)
     config.optim = dict(
-        name="adamw", lr=5e-4, warmup_steps=2000, total_steps=arg.steps, schedule="cosine",
-        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0,
+        name="adamw",
+        lr=5e-4,
+        warmup_steps=2000,
+        total_steps=arg.steps,
+        schedule="cosine",
+        b1=0.9,
+        b2=0.98,
+        eps=1e-6,
+        weight_decay=0.2,
+        grad_clip_norm=1.0,
     )
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100

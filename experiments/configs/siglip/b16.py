@@ -19,17 +19,40 @@ from experiments.configs import common
 
 def get_config(arg=None):
     arg = config_utils.parse_arg(
-        arg, data="coco_captions", data_dir="~/tensorflow_datasets", tokenizer="",
-        batch=32768, steps=275_000, fsdp=1, tensor=1, runlocal=False,
+        arg,
+        data="coco_captions",
+        data_dir="~/tensorflow_datasets",
+        tokenizer="",
+        batch=32768,
+        steps=275_000,
+        fsdp=1,
+        tensor=1,
+        runlocal=False,
     )
     config = common.base(total_steps=arg.steps, batch_size=arg.batch)
     config.mesh = (("data", -1), ("fsdp", arg.fsdp), ("tensor", arg.tensor))
     config.objective = "contrastive"
     config.model = dict(
-        image=dict(variant="B/16", pool_type="map", posemb="learn", num_classes=768,
-                   activation="gelu_tanh", remat=True),
-        text=dict(width=768, depth=12, mlp_dim=3072, num_heads=12, causal=False, vocab_size=32000,
-                  pool_type="last", activation="gelu_tanh", num_classes=768, remat=True),
+        image=dict(
+            variant="B/16",
+            pool_type="map",
+            posemb="learn",
+            num_classes=768,
+            activation="gelu_tanh",
+            remat=True,
+        ),
+        text=dict(
+            width=768,
+            depth=12,
+            mlp_dim=3072,
+            num_heads=12,
+            causal=False,
+            vocab_size=32000,
+            pool_type="last",
+            activation="gelu_tanh",
+            num_classes=768,
+            remat=True,
+        ),
         loss="sigmoid",
         loss_impl="sharded",
         temperature_init=10.0,
@@ -41,8 +64,16 @@ def get_config(arg=None):
     config.data.source = {}
     config.data.tokenizer.model = arg.tokenizer
     config.optim = dict(
-        name="adamw", lr=1e-3, warmup_steps=5000, total_steps=arg.steps, schedule="cosine",
-        b1=0.9, b2=0.95, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
+        name="adamw",
+        lr=1e-3,
+        warmup_steps=5000,
+        total_steps=arg.steps,
+        schedule="cosine",
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=1e-4,
+        grad_clip_norm=1.0,
     )
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
