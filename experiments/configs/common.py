@@ -36,8 +36,13 @@ def shapes_data(
     vocab_size: int = 128,
     train_size: int = 20000,
     test_size: int = 2000,
+    render_size: int = 64,
 ) -> ConfigDict:
-    """The built-in synthetic shapes dataset (generated into data_dir on first use)."""
+    """The built-in synthetic shapes dataset (generated into data_dir on first use).
+
+    Images are rendered once at `render_size` and resized to `image_size` by the pipeline,
+    so configs of different resolutions share one prepared dataset.
+    """
     return ConfigDict(
         dict(
             name="vlax_shapes",
@@ -48,7 +53,7 @@ def shapes_data(
             augment=True,
             prefetch=2,
             tokenizer=dict(model="", vocab_size=vocab_size),
-            source=dict(image_size=image_size, train_size=train_size, test_size=test_size),
+            source=dict(image_size=render_size, train_size=train_size, test_size=test_size),
         )
     )
 
@@ -108,27 +113,13 @@ def data_and_evals(
     return data, evals
 
 
-def tiny_towers(*, out_dim: int = 128) -> tuple[dict, dict]:
-    """A ViT and a text transformer small enough to train in minutes on 2 CPU cores."""
-    image = dict(
-        width=128,
-        depth=4,
-        mlp_dim=512,
-        num_heads=4,
-        patch_size=8,
-        posemb="learn",
-        pool_type="gap",
-        num_classes=out_dim,
-    )
-    text = dict(
-        width=128,
-        depth=4,
-        mlp_dim=512,
-        num_heads=4,
-        causal=True,
-        pool_type="eos",
-        num_classes=out_dim,
-    )
+def tiny_towers(*, out_dim: int = 96) -> tuple[dict, dict]:
+    """A ViT and a text transformer that train in minutes on 2 CPU cores (36 patches of
+    48 px images, 16 tokens; ~14 GFLOP per step at batch 128)."""
+    image = dict(width=96, depth=3, mlp_dim=384, num_heads=4, patch_size=8,
+                 posemb="learn", pool_type="gap", num_classes=out_dim)
+    text = dict(width=96, depth=3, mlp_dim=384, num_heads=4, causal=True,
+                pool_type="eos", num_classes=out_dim)
     return image, text
 
 

@@ -128,7 +128,7 @@ def retrieval_recall(
     *,
     tie_tol: float = DEFAULT_TIE_TOL,
 ) -> dict[str, float]:
-    """Image->text and text->image Recall@k.
+    """Image->text and text->image Recall@k, each caption describing one image.
 
     Args:
       image_emb: [N, D] image embeddings.
@@ -138,54 +138,90 @@ def retrieval_recall(
       ks: the k of each Recall@k; i2t skips k > M and t2i skips k > N (trivially 1).
       tie_tol: see the module docstring.
 
+    Returns: see `grouped_retrieval_recall` (here every image is its own group).
+    """
+    t2i = np.asarray(text_to_image)
+    n = len(image_emb)
+    if t2i.ndim != 1 or not np.issubdtype(t2i.dtype, np.integer):
+        raise ValueError(f"text_to_image must be int [M], got {t2i.dtype} {t2i.shape}")
+    if len(t2i) and (t2i.min() < 0 or t2i.max() >= n):
+        raise ValueError(f"text_to_image must lie in [0, {n}), got [{t2i.min()}, {t2i.max()}]")
+    return grouped_retrieval_recall(image_emb, text_emb, np.arange(n), t2i, ks, tie_tol=tie_tol)
+
+
+def grouped_retrieval_recall(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    image_groups: np.ndarray,
+    text_groups: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    tie_tol: float = DEFAULT_TIE_TOL,
+) -> dict[str, float]:
+    """Recall@k where an (image, text) pair matches iff their group ids are equal.
+
+    One group per image is ordinary retrieval; one group per distinct caption string makes
+    identical captions of different images interchangeable (synthetic data repeats captions,
+    and a model cannot rank equal texts apart).
+
     Returns:
-      "i2t_r@{k}": over images that have at least one caption, the fraction for which ANY of
-        their captions is in the top k texts (rank = wrong captions scoring >= the image's best
-        caption; the order among its own captions does not matter).
-      "t2i_r@{k}": over captions, the fraction whose image is in the top k images.
-      "chance_i2t_r@{k}": mean over those images of 1 - C(M-c, k) / C(M, k) with c the image's
-        caption count (c/M at k=1); "chance_t2i_r@{k}": k / N.
+      "i2t_r@{k}": over images with at least one matching text, the fraction for which ANY
+        matching text is in the top k (rank = non-matching texts scoring >= the best match).
+      "t2i_r@{k}": over texts with at least one matching image, likewise.
+      "chance_i2t_r@{k}": mean over those images of 1 - C(M-c, k) / C(M, k), c = its number of
+        matching texts (c/M at k=1); "chance_t2i_r@{k}" likewise over texts (k/N when each
+        text matches one image).
     """
     ks = _check_ks(ks)
     img = l2_normalize(_check_2d("image_emb", image_emb))
     txt = l2_normalize(_check_2d("text_emb", text_emb))
-    t2i = np.asarray(text_to_image)
+    ig, tg = np.asarray(image_groups), np.asarray(text_groups)
     n, m = img.shape[0], txt.shape[0]
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"embedding widths differ: image {img.shape}, text {txt.shape}")
-    if t2i.shape != (m,) or not np.issubdtype(t2i.dtype, np.integer):
-        raise ValueError(f"text_to_image must be int [{m}], got {t2i.dtype} {t2i.shape}")
+    if ig.shape != (n,) or tg.shape != (m,):
+        raise ValueError(f"groups must be [N]={n} and [M]={m}, got {ig.shape} and {tg.shape}")
     if n == 0 or m == 0:
         raise ValueError(f"retrieval_recall needs images and texts, got N={n}, M={m}")
-    if t2i.min() < 0 or t2i.max() >= n:
-        raise ValueError(f"text_to_image must lie in [0, {n}), got [{t2i.min()}, {t2i.max()}]")
 
-    captions_per_image = np.bincount(t2i, minlength=n)
-    # The correct score of every caption, needed before its image's chunk is reached.
-    t2i_correct = np.einsum("md,md->m", img[t2i], txt)
-    i2t_rank = np.zeros(n, dtype=np.int64)
-    t2i_rank = np.zeros(m, dtype=np.int64)
+    # Pass 1: each text's best matching-image score (its t2i target).
+    t2i_best = np.full(m, -np.inf)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         scores = img[start:stop] @ txt.T  # [n_chunk, M]
-        own = t2i[None, :] == np.arange(start, stop)[:, None]  # caption m describes image n
-        best = np.where(own, scores, -np.inf).max(axis=1)
-        i2t_rank[start:stop] = ((scores >= best[:, None] - tie_tol) & ~own).sum(axis=1)
-        t2i_rank += ((scores >= t2i_correct[None, :] - tie_tol) & ~own).sum(axis=0)
+        match = ig[start:stop, None] == tg[None, :]
+        t2i_best = np.maximum(t2i_best, np.where(match, scores, -np.inf).max(axis=0))
+    # Pass 2: ranks = non-matching candidates scoring at least the best match (ties lose).
+    i2t_rank = np.zeros(n, dtype=np.int64)
+    t2i_rank = np.zeros(m, dtype=np.int64)
+    texts_per_image = np.zeros(n, dtype=np.int64)
+    images_per_text = np.zeros(m, dtype=np.int64)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        scores = img[start:stop] @ txt.T
+        match = ig[start:stop, None] == tg[None, :]
+        best = np.where(match, scores, -np.inf).max(axis=1)
+        i2t_rank[start:stop] = ((scores >= best[:, None] - tie_tol) & ~match).sum(axis=1)
+        t2i_rank += ((scores >= t2i_best[None, :] - tie_tol) & ~match).sum(axis=0)
+        texts_per_image[start:stop] = match.sum(axis=1)
+        images_per_text += match.sum(axis=0)
 
-    has_caption = captions_per_image > 0
-    c = captions_per_image[has_caption].astype(np.float64)
     out: dict[str, float] = {}
+    has_text, has_image = texts_per_image > 0, images_per_text > 0
     for k in (k for k in ks if k <= m):
-        out[f"i2t_r@{k}"] = float(np.mean(i2t_rank[has_caption] < k))
+        out[f"i2t_r@{k}"] = float(np.mean(i2t_rank[has_text] < k))
     for k in (k for k in ks if k <= n):
-        out[f"t2i_r@{k}"] = float(np.mean(t2i_rank < k))
+        out[f"t2i_r@{k}"] = float(np.mean(t2i_rank[has_image] < k))
     for k in (k for k in ks if k <= m):
-        # P(no own caption among k random texts) = prod_j (M - c - j) / (M - j).
-        miss = np.ones_like(c)
-        for j in range(k):
-            miss *= np.maximum(m - c - j, 0.0) / (m - j)
-        out[f"chance_i2t_r@{k}"] = float(np.mean(1.0 - miss))
+        out[f"chance_i2t_r@{k}"] = _chance_any_in_top_k(texts_per_image[has_text], m, k)
     for k in (k for k in ks if k <= n):
-        out[f"chance_t2i_r@{k}"] = k / n
+        out[f"chance_t2i_r@{k}"] = _chance_any_in_top_k(images_per_text[has_image], n, k)
     return out
+
+
+def _chance_any_in_top_k(c: np.ndarray, total: int, k: int) -> float:
+    """Mean over queries of P(at least one of c matches among k random of `total`)."""
+    miss = np.ones(len(c), dtype=np.float64)
+    for j in range(k):
+        miss *= np.maximum(total - c - j, 0.0) / (total - j)
+    return float(np.mean(1.0 - miss))

@@ -1,8 +1,10 @@
 """Image<->text retrieval: Recall@k in both directions over an eval split of captioned images.
 
 Each valid batch row is one (image, caption) pair, so the split gives N images and N captions
-with caption i describing image i (`metrics.retrieval_recall` also handles several captions per
-image, for callers that have them).
+with caption i describing image i. Captions with identical text (the same token row) are
+treated as one caption shared by their images: a model cannot rank equal texts apart, and
+synthetic data repeats captions ("a large red circle"), so scoring them as wrong would only
+measure the tie rule.
 
 Config (`config.evals.<name>`):
   type="retrieval", data (dataset spec for make_data), split, batch_size (rows per embed call),
@@ -40,7 +42,7 @@ class RetrievalEvaluator:
 
     def run(self, embed_image: evaluators.EmbedFn, embed_text: evaluators.EmbedFn) -> dict:
         """Embeds every valid (image, caption) pair; returns flat float metrics."""
-        image_emb, text_emb = [], []
+        image_emb, text_emb, tokens = [], [], []
         for chunk, n in evaluators.valid_chunks(
             self._batches_fn,
             ("image", "tokens"),
@@ -49,10 +51,16 @@ class RetrievalEvaluator:
         ):
             image_emb.append(evaluators.embed_chunk(embed_image, chunk["image"], n))
             text_emb.append(evaluators.embed_chunk(embed_text, chunk["tokens"], n))
+            tokens.append(np.asarray(chunk["tokens"])[:n])
         if not image_emb:
             raise ValueError("retrieval: the eval split has no valid (mask=True) examples")
         image_emb, text_emb = np.concatenate(image_emb), np.concatenate(text_emb)
         num = len(image_emb)
-        out = metrics.retrieval_recall(image_emb, text_emb, np.arange(num), ks=self.ks)
+        _, caption_ids = np.unique(np.concatenate(tokens), axis=0, return_inverse=True)
+        caption_ids = caption_ids.reshape(-1)
+        out = metrics.grouped_retrieval_recall(
+            image_emb, text_emb, caption_ids, caption_ids, ks=self.ks
+        )
+        out["distinct_captions"] = float(caption_ids.max() + 1)
         out["num_examples"] = float(num)
         return out

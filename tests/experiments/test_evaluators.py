@@ -159,7 +159,7 @@ def test_retrieval_images_without_captions_are_not_i2t_queries():
     # Image 2 has no caption: i2t averages over images 0 and 1 only.
     out = metrics.retrieval_recall(np.eye(3), np.eye(3)[:2], np.array([0, 1]), ks=(1,))
     assert out["i2t_r@1"] == 1.0 and out["t2i_r@1"] == 1.0
-    assert out["chance_i2t_r@1"] == 0.5 and out["chance_t2i_r@1"] == 1 / 3
+    assert out["chance_i2t_r@1"] == 0.5 and out["chance_t2i_r@1"] == pytest.approx(1 / 3)
 
 
 def test_retrieval_constant_embeddings_score_zero():
@@ -340,10 +340,11 @@ def test_retrieval_evaluator_exact_and_ignores_padding():
         "chance_i2t_r@1": pytest.approx(0.1, abs=1e-15),
         "chance_i2t_r@5": pytest.approx(0.5, abs=1e-15),
         "chance_i2t_r@10": 1.0,
-        "chance_t2i_r@1": 0.1,
-        "chance_t2i_r@5": 0.5,
+        "chance_t2i_r@1": pytest.approx(0.1, abs=1e-15),
+        "chance_t2i_r@5": pytest.approx(0.5, abs=1e-15),
         "chance_t2i_r@10": 1.0,
         "num_examples": 10.0,
+        "distinct_captions": 10.0,
     }
     assert shapes == [(4, 2, 2, 3)] * 3
 
@@ -422,3 +423,24 @@ def test_chunked_metrics_match_argsort_reference(monkeypatch):
     for k in ks:
         assert out[f"i2t_r@{k}"] == np.mean(i2t_rank < k)
         assert out[f"t2i_r@{k}"] == np.mean(t2i_rank < k)
+
+
+def test_grouped_retrieval_treats_identical_captions_as_one():
+    # Images 0 and 1 share the caption "a red circle" (texts 0 and 1 are the same string, so
+    # their embeddings are equal); image 2 has its own caption.
+    image = np.array([[1.0, 0.1], [1.0, -0.1], [0.0, 1.0]])
+    text = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    groups = np.array([0, 0, 1])
+    # Per-image matching counts the tie between the equal texts 0 and 1 as a miss.
+    plain = metrics.retrieval_recall(image, text, np.arange(3), ks=(1,))
+    assert plain["i2t_r@1"] == pytest.approx(1 / 3) and plain["t2i_r@1"] == pytest.approx(1 / 3)
+    grouped = metrics.grouped_retrieval_recall(image, text, groups, groups, ks=(1, 2))
+    assert grouped["i2t_r@1"] == 1.0 and grouped["t2i_r@1"] == 1.0
+    # Chance: images 0/1 match 2 of 3 texts, image 2 matches 1 of 3.
+    assert grouped["chance_i2t_r@1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+    assert grouped["chance_t2i_r@2"] == pytest.approx((1 + 1 + (1 - 1 / 3)) / 3)
+    # Groups change which pairs match, not the scores: swapping image 2 for a copy of image 0
+    # makes every text's best match tie with a non-matching image (ties lose), and image 2
+    # now prefers the red-circle texts over its own.
+    worse = metrics.grouped_retrieval_recall(image[[0, 1, 0]], text, groups, groups, ks=(1,))
+    assert worse["t2i_r@1"] == 0.0 and worse["i2t_r@1"] == pytest.approx(2 / 3)

@@ -26,7 +26,7 @@ def get_config(arg=None):
     image, text = common.tiny_towers()
     config.model = dict(image=image, text=text, loss=arg.loss, loss_impl="sharded")
     config.init = dict(checkpoint=arg.init, step=None, load=("img",))
-    config.data = common.shapes_data(image_size=64, max_len=16)
+    config.data = common.shapes_data(image_size=48, max_len=16)
     config.optim = dict(
         name="adamw",
         lr=arg.lr,

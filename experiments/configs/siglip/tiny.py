@@ -25,7 +25,7 @@ def get_config(arg=None):
         bias_init=-10.0,
     )
     config.data, config.evals = common.data_and_evals(
-        arg.data, image_size=64, max_len=16, vocab_size=128, every_steps=0, eval_batch=256
+        arg.data, image_size=48, max_len=16, vocab_size=128, every_steps=0, eval_batch=256
     )
     config.optim = dict(
         name="adamw",
