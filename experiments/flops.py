@@ -100,5 +100,5 @@ def peak_flops_per_device(override: float | None = None, dtype: str = "float32")
     peak = device_peak_flops(device, dtype)
     if peak is None and device.platform == "cpu":
         # Forced host devices (tests, --xla_force_host_platform_device_count) share the cores.
-        peak = measure_matmul_peak(jnp.dtype(dtype), n=1024, repeats=3) / jax.local_device_count()
+        peak = measure_matmul_peak(jnp.dtype(dtype), n=2048, repeats=5) / jax.local_device_count()
     return peak

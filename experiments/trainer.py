@@ -248,7 +248,7 @@ def _check_finite(step: int, metrics, ckpt, workdir) -> dict[str, float]:
 def _write_json_atomic(path: epath.Path, obj) -> None:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.rename(path)
+    tmp.replace(path)  # atomic, and overwrites (rename refuses to)
 
 
 def run_evals(s: Setup, evaluators, params, step: int, writer, workdir, *, final: bool):

@@ -1,9 +1,12 @@
 """The generic trainer: sharded equivalence, exact resume, LiT freezing, NaN stop, bad input."""
 
+import json
+
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 from data import sources
 from experiments import checkpointing, config_utils, inputs, sharding, trainer
@@ -148,3 +151,11 @@ def test_workdir_of_another_model_is_refused(make_config, tmp_path):
     other.model.text.width = 48
     with pytest.raises(checkpointing.CheckpointMismatchError, match="another model"):
         trainer.train(other, str(tmp_path))
+
+
+def test_results_json_is_replaced_atomically(tmp_path):
+    path = epath.Path(tmp_path) / "eval_results.json"
+    trainer._write_json_atomic(path, {"1": {"a": 1.0}})
+    trainer._write_json_atomic(path, {"1": {"a": 1.0}, "2": {"a": 2.0}})
+    assert json.loads(path.read_text()) == {"1": {"a": 1.0}, "2": {"a": 2.0}}
+    assert sorted(p.name for p in epath.Path(tmp_path).iterdir()) == ["eval_results.json"]

@@ -14,7 +14,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
     arg = config_utils.parse_arg(
-        arg, data="vlax_shapes", steps=600, batch=128, loss="softmax", lr=1e-3
+        arg, data="vlax_shapes", steps=500, batch=128, loss="softmax", lr=2e-3
     )
     config = common.base(total_steps=arg.steps, batch_size=arg.batch)
     config.objective = "contrastive"
