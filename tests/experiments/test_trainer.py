@@ -159,3 +159,34 @@ def test_results_json_is_replaced_atomically(tmp_path):
     trainer._write_json_atomic(path, {"1": {"a": 1.0}, "2": {"a": 2.0}})
     assert json.loads(path.read_text()) == {"1": {"a": 1.0}, "2": {"a": 2.0}}
     assert sorted(p.name for p in epath.Path(tmp_path).iterdir()) == ["eval_results.json"]
+
+
+def test_trains_on_a_users_csv_skipping_a_corrupt_image(make_config, tmp_path):
+    from PIL import Image
+
+    from data import shapes
+
+    rng = np.random.default_rng(0)
+    rows = ["image,caption"]
+    for i in range(40):
+        ex = shapes.render_example(rng, image_size=32)
+        Image.fromarray(ex["image"]).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{ex['caption']}")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows.append("broken.png,a broken picture")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+
+    config = make_config(steps=2)
+    spec = f"user:{tmp_path / 'pairs.csv'}"
+    config.data.name = spec
+    config.data.train_split = "train[:90%]"
+    config.data.source = dict(strict=False)
+    config.data.tokenizer.model = str(tmp_path / "tok.model")
+    config.evals = dict(retrieval=dict(type="retrieval", data=spec, split="train[90%:]",
+                                       batch_size=8))
+    out = trainer.train(config, str(tmp_path / "run"))
+    assert out["results"]["retrieval"]["num_examples"] == 4  # 40 readable pairs, last 10%
+
+    config.data.source.strict = True
+    with pytest.raises(ValueError, match="broken.png"):
+        trainer.train(config, str(tmp_path / "strict"))

@@ -3,9 +3,11 @@ r"""Tiny CLIP on the built-in synthetic shapes: the CPU demo (`make demo`).
     python -m experiments.train --config experiments/configs/clip/tiny.py \
         --workdir workdirs/clip_tiny
 
-Variants: `--config experiments/configs/clip/tiny.py:steps=200,batch=64`.
-Expected (2-core CPU, see README for the measured run): zero-shot top-1 over 24 classes
-well above the 4.2% chance level and retrieval R@1 far above chance after ~5 minutes.
+Variants: `--config experiments/configs/clip/tiny.py:steps=200,batch=64`, or your own
+pairs with `:data=user:/path/pairs.csv` (CSV, JSONL or a folder; last 5% held out).
+Expected (measured on a 2-core CPU, 4.6 min of training): zero-shot top-1 20.4% over the
+24 "colour shape" classes (chance 4.2%), top-5 70.7%; retrieval R@1 t2i 34.3% / i2t 25.0%
+(chance 0.7%) on 1000 held-out pairs.
 """
 
 from experiments import config_utils
