@@ -18,6 +18,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def pytest_report_header(config):
     return f"jax devices: {jax.device_count()} x {jax.devices()[0].platform}"
 
+
 # XLA:CPU compiles are the suite's main cost (a tiny model's init and train step take
 # seconds each); many tests compile identical programs, so share them through the
 # persistent cache. One folder per session keeps runs independent.

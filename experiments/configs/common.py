@@ -116,10 +116,25 @@ def data_and_evals(
 def tiny_towers(*, out_dim: int = 96) -> tuple[dict, dict]:
     """A ViT and a text transformer that train in minutes on 2 CPU cores (36 patches of
     48 px images, 16 tokens; ~14 GFLOP per step at batch 128)."""
-    image = dict(width=96, depth=3, mlp_dim=384, num_heads=4, patch_size=8,
-                 posemb="learn", pool_type="gap", num_classes=out_dim)
-    text = dict(width=96, depth=3, mlp_dim=384, num_heads=4, causal=True,
-                pool_type="eos", num_classes=out_dim)
+    image = dict(
+        width=96,
+        depth=3,
+        mlp_dim=384,
+        num_heads=4,
+        patch_size=8,
+        posemb="learn",
+        pool_type="gap",
+        num_classes=out_dim,
+    )
+    text = dict(
+        width=96,
+        depth=3,
+        mlp_dim=384,
+        num_heads=4,
+        causal=True,
+        pool_type="eos",
+        num_classes=out_dim,
+    )
     return image, text
 
 

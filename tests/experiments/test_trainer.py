@@ -182,8 +182,9 @@ def test_trains_on_a_users_csv_skipping_a_corrupt_image(make_config, tmp_path):
     config.data.train_split = "train[:90%]"
     config.data.source = dict(strict=False)
     config.data.tokenizer.model = str(tmp_path / "tok.model")
-    config.evals = dict(retrieval=dict(type="retrieval", data=spec, split="train[90%:]",
-                                       batch_size=8))
+    config.evals = dict(
+        retrieval=dict(type="retrieval", data=spec, split="train[90%:]", batch_size=8)
+    )
     out = trainer.train(config, str(tmp_path / "run"))
     assert out["results"]["retrieval"]["num_examples"] == 4  # 40 readable pairs, last 10%
 
