@@ -157,7 +157,9 @@ def load_params(path: str, step: int | None = None) -> tuple[dict, int]:
             "of a finished run (it holds checkpoints/<step>/)."
         )
     manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True), item_names=("state",)
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():
@@ -165,11 +167,13 @@ def load_params(path: str, step: int | None = None) -> tuple[dict, int]:
             f"No checkpoint step {step if step is not None else '(any)'} in {directory}; "
             f"available: {sorted(manager.all_steps())}."
         )
-    meta = manager.item_metadata(step)["state"]
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-    out = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=None, restore_args=restore_args)),
+    # An explicit single-device target: the saved shardings may name devices of another
+    # topology (a pod, or several processes) that this process cannot address.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
     )
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     manager.close()
     return jax.tree.map(np.asarray, out["state"]["params"]), step

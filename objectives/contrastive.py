@@ -85,11 +85,8 @@ class TwoTower(nn.Module):
         loss, metrics = contrastive_losses.contrastive_loss(
             self.loss, zimg, ztxt, self.log_temp, bias, impl=self.loss_impl
         )
-        metrics = dict(metrics)
-        metrics["temperature"] = jnp.exp(self.log_temp)
-        if bias is not None:
-            metrics["logit_bias"] = bias
-        return loss, metrics
+        # The loss reports the (clamped) logit scale and the bias among its metrics.
+        return loss, dict(metrics)
 
     def train_flops_per_example(
         self, shapes: Mapping[str, tuple[int, ...]], frozen: frozenset[str] | set[str] = frozenset()
