@@ -4,7 +4,8 @@ r"""Tiny SigLIP (sigmoid loss, ring-sharded) on the built-in synthetic shapes; C
         --workdir workdirs/siglip_tiny
 
 Same towers and data as clip/tiny; only the loss differs (learnable temperature, init 10,
-and bias, init -10). Expected: zero-shot top-1 well above the 4.2% chance of 24 classes.
+and bias, init -10). Measured (2-core CPU, 500 steps, ~6 min): zero-shot top-1 20.7% over
+24 classes (chance 4.2%), top-5 70.8%; retrieval R@1 t2i 26.3% / i2t 23.2% (chance 0.7%).
 """
 
 from experiments import config_utils
