@@ -25,10 +25,14 @@ def test_same_model_is_compatible():
     [
         (checkpointing.make_meta("contrastive", _params(8)), r"img/kernel: checkpoint \[\[3, 8\]"),
         (checkpointing.make_meta("prefix_lm", _params(4)), "objective 'prefix_lm'"),
-        ({**checkpointing.make_meta("contrastive", _params(4)), "format_version": 0},
-         "format_version 0"),
-        (checkpointing.make_meta("contrastive", {"img": {"kernel": jnp.zeros((3, 4))}}),
-         "1 parameters not in the checkpoint"),
+        (
+            {**checkpointing.make_meta("contrastive", _params(4)), "format_version": 0},
+            "format_version 0",
+        ),
+        (
+            checkpointing.make_meta("contrastive", {"img": {"kernel": jnp.zeros((3, 4))}}),
+            "1 parameters not in the checkpoint",
+        ),
     ],
 )
 def test_another_model_is_refused_with_the_difference(saved, message):
