@@ -81,6 +81,46 @@ def shapes_evals(*, every_steps: int, batch_size: int) -> ConfigDict:
     )
 
 
+def adamw(
+    *,
+    lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    weight_decay: float,
+    b2: float = 0.98,
+    eps: float = 1e-6,
+    freeze: tuple[str, ...] = (),
+) -> ConfigDict:
+    """AdamW with linear warmup, cosine decay and global-norm clipping at 1."""
+    optim = dict(
+        name="adamw",
+        lr=lr,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        schedule="cosine",
+        b1=0.9,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        grad_clip_norm=1.0,
+    )
+    if freeze:
+        optim["freeze"] = tuple(freeze)
+    return ConfigDict(optim)
+
+
+def tfds_data(
+    *, name: str, data_dir: str, tokenizer: str, image_size: int, max_len: int, vocab_size: int
+) -> ConfigDict:
+    """A prepared tfds image-text dataset (array_record under data_dir), for pod configs."""
+    data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
+    data.name = name
+    data.data_dir = data_dir
+    data.source = {}
+    data.tokenizer.model = tokenizer
+    return data
+
+
 def data_and_evals(
     name: str, *, image_size: int, max_len: int, vocab_size: int, every_steps: int, eval_batch: int
 ) -> tuple[ConfigDict, ConfigDict]:

@@ -67,25 +67,17 @@ def get_config(arg=None):
         loss=arg.loss,
         loss_impl="sharded",
     )
-    config.data = common.shapes_data(image_size=224, max_len=77, vocab_size=32000)
-    config.data.name = arg.data
-    config.data.data_dir = arg.data_dir
-    config.data.source = {}
-    config.data.tokenizer.model = arg.tokenizer
+    config.data = common.tfds_data(
+        name=arg.data,
+        data_dir=arg.data_dir,
+        tokenizer=arg.tokenizer,
+        image_size=224,
+        max_len=77,
+        vocab_size=32000,
+    )
     config.data.mean = tuple(preprocess.CLIP_MEAN)
     config.data.std = tuple(preprocess.CLIP_STD)
-    config.optim = dict(
-        name="adamw",
-        lr=5e-4,
-        warmup_steps=2000,
-        total_steps=arg.steps,
-        schedule="cosine",
-        b1=0.9,
-        b2=0.98,
-        eps=1e-6,
-        weight_decay=0.2,
-        grad_clip_norm=1.0,
-    )
+    config.optim = common.adamw(lr=5e-4, total_steps=arg.steps, warmup_steps=2000, weight_decay=0.2)
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
     config.evals = {}

@@ -25,17 +25,8 @@ def get_config(arg=None):
     config.data, config.evals = common.data_and_evals(
         arg.data, image_size=48, max_len=16, vocab_size=128, every_steps=0, eval_batch=256
     )
-    config.optim = dict(
-        name="adamw",
-        lr=arg.lr,
-        warmup_steps=max(1, arg.steps // 10),
-        total_steps=arg.steps,
-        schedule="cosine",
-        b1=0.9,
-        b2=0.98,
-        eps=1e-6,
-        weight_decay=0.1,
-        grad_clip_norm=1.0,
+    config.optim = common.adamw(
+        lr=arg.lr, total_steps=arg.steps, warmup_steps=max(1, arg.steps // 10), weight_decay=0.1
     )
     config.checkpoint.every_steps = max(1, arg.steps // 2)
     return config

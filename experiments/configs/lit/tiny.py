@@ -28,17 +28,11 @@ def get_config(arg=None):
     config.model = dict(image=image, text=text, loss=arg.loss, loss_impl="sharded")
     config.init = dict(checkpoint=arg.init, step=None, load=("img",))
     config.data = common.shapes_data(image_size=48, max_len=16)
-    config.optim = dict(
-        name="adamw",
+    config.optim = common.adamw(
         lr=arg.lr,
-        warmup_steps=max(1, arg.steps // 10),
         total_steps=arg.steps,
-        schedule="cosine",
-        b1=0.9,
-        b2=0.98,
-        eps=1e-6,
+        warmup_steps=max(1, arg.steps // 10),
         weight_decay=0.1,
-        grad_clip_norm=1.0,
         freeze=("img/.*",),
     )
     config.checkpoint.every_steps = max(1, arg.steps // 2)

@@ -58,22 +58,16 @@ def get_config(arg=None):
         temperature_init=10.0,
         bias_init=-10.0,
     )
-    config.data = common.shapes_data(image_size=224, max_len=64, vocab_size=32000)
-    config.data.name = arg.data
-    config.data.data_dir = arg.data_dir
-    config.data.source = {}
-    config.data.tokenizer.model = arg.tokenizer
-    config.optim = dict(
-        name="adamw",
-        lr=1e-3,
-        warmup_steps=5000,
-        total_steps=arg.steps,
-        schedule="cosine",
-        b1=0.9,
-        b2=0.95,
-        eps=1e-8,
-        weight_decay=1e-4,
-        grad_clip_norm=1.0,
+    config.data = common.tfds_data(
+        name=arg.data,
+        data_dir=arg.data_dir,
+        tokenizer=arg.tokenizer,
+        image_size=224,
+        max_len=64,
+        vocab_size=32000,
+    )
+    config.optim = common.adamw(
+        lr=1e-3, total_steps=arg.steps, warmup_steps=5000, weight_decay=1e-4, b2=0.95, eps=1e-8
     )
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
