@@ -28,14 +28,13 @@ class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a different model or format."""
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def param_signature(params) -> dict[str, list]:
     """{"img/embedding/kernel": [[16, 16, 3, 32], "float32"], ...} for a params tree."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_path_str(p): [list(x.shape), str(np.dtype(x.dtype))] for p, x in leaves}
+    return {
+        jax.tree_util.keystr(p, simple=True, separator="/"): [list(x.shape), str(np.dtype(x.dtype))]
+        for p, x in leaves
+    }
 
 
 def make_meta(objective: str, params) -> dict[str, Any]:

@@ -5,6 +5,7 @@ config.data = dict(
     train_split="train",
     data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
     image_size=64, max_len=16, augment=True, prefetch=2,
+    num_threads=None,          # input threads; None: min(16, CPU count)
     tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
                                                  # trained on the train captions once
     source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
@@ -39,6 +40,7 @@ DATA_KEYS = {
     "source",
     "mean",
     "std",
+    "num_threads",
 }
 TOKENIZER_KEYS = {"model", "vocab_size"}
 MAX_TOKENIZER_CORPUS = 200_000
@@ -99,9 +101,6 @@ class Inputs:
 
         def corpus():
             src = self.train_source if self.train_source is not None else self.source(split)
-            texts = getattr(src, "captions", None)
-            if callable(texts):
-                return list(texts())
             # A sample is enough for a subword vocabulary; reading a web-scale split is not.
             return [src[i]["caption"] for i in range(min(len(src), MAX_TOKENIZER_CORPUS))]
 

@@ -65,16 +65,11 @@ class NonFiniteLossError(FloatingPointError):
 class Setup:
     """Everything `train` builds before the loop; also used by the benchmark."""
 
-    config: Any
     mesh: jax.sharding.Mesh
     rules: tuple
     model: nn.Module
     inputs: inputs.Inputs
     state: dict
-    state_shardings: Any
-    tx: optax.GradientTransformation
-    schedule: Callable
-    frozen: Any  # pytree of bool, True = frozen
     step_fn: Callable
     flops_per_step: float
     evaluators: dict
@@ -132,9 +127,7 @@ def load_init_towers(params, init_config, shardings):
                 f"config.init.checkpoint={init_config.checkpoint} (step {step}): tower {name!r} "
                 f"does not match this model's, e.g. {diff[:3]}."
             )
-        params[name] = jax.tree.map(
-            lambda x, sh: jax.device_put(np.asarray(x), sh), loaded[name], shardings[name]
-        )
+        params[name] = jax.device_put(loaded[name], shardings[name])
     logging.info(
         "Loaded %s from %s (step %d).", list(init_config.load), init_config.checkpoint, step
     )
@@ -208,21 +201,7 @@ def setup(config, *, need_data: bool = True, devices=None, load_init: bool = Tru
     flops_per_step = config.batch_size * model.train_flops_per_example(
         data.example_shapes(), frozen=_frozen_towers(frozen)
     )
-    return Setup(
-        config,
-        mesh,
-        rules,
-        model,
-        data,
-        state,
-        state_shardings,
-        tx,
-        schedule,
-        frozen,
-        step_fn,
-        flops_per_step,
-        evaluators,
-    )
+    return Setup(mesh, rules, model, data, state, step_fn, flops_per_step, evaluators)
 
 
 def _frozen_towers(frozen) -> set[str]:
@@ -338,7 +317,7 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
     log_every = config.get("log_every_steps", 50)
     total = config.total_steps
     pending = None  # (step, metrics) not yet checked for NaN
-    t_log, steps_since_log = None, 0
+    t_log, step_at_log = None, start  # throughput = steps since the last log / wall time
     results = {}
     try:
         with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
@@ -363,8 +342,8 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
                     host = _check_finite(*pending, ckpt, workdir)
                     pending = None
                     now = time.time()
-                    if t_log is not None and steps_since_log:
-                        dt = (now - t_log) / steps_since_log
+                    if t_log is not None and step > step_at_log:
+                        dt = (now - t_log) / (step - step_at_log)
                         host["step_time_s"] = dt
                         host["examples_per_sec"] = config.batch_size / dt
                         per_dev = s.flops_per_step / dt / jax.device_count()
@@ -372,8 +351,7 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
                         if peak:
                             host["mfu"] = per_dev / peak
                     writer.write_scalars(step, host)
-                    t_log, steps_since_log = now, 0
-                steps_since_log += 1
+                    t_log, step_at_log = now, step
                 if save_due:
                     ckpt.save(
                         step, state, inputs.iterator_state_to_json(train_iter.get_state()), meta
@@ -382,7 +360,7 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
                     results = run_evals(
                         s, evaluators, state["params"], step, writer, workdir, final=step == total
                     )
-                    t_log, steps_since_log = time.time(), 0  # keep eval time out of throughput
+                    t_log = time.time()  # keep eval time out of throughput
             if pending is not None:
                 _check_finite(*pending, ckpt, workdir)
         if start >= total:

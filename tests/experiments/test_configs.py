@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from experiments import config_utils, trainer
+from experiments import config_utils, inputs, trainer
 
 CONFIGS = sorted(
     p for p in glob.glob("experiments/configs/*/*.py") if not p.endswith("__init__.py")
@@ -73,3 +73,12 @@ def test_sweeps_override_existing_fields(path):
 def test_arg_typo_is_rejected():
     with pytest.raises(config_utils.ConfigError, match="stesp"):
         config_utils.load_config("experiments/configs/clip/tiny.py:stesp=3")
+
+
+def test_data_config_takes_num_threads_and_rejects_typos():
+    config = config_utils.load_config("experiments/configs/clip/tiny.py").data
+    config.num_threads = 1
+    assert inputs.Inputs(config, global_batch_size=8, seed=0, build_train=False).num_threads == 1
+    config.num_thread = 3
+    with pytest.raises(config_utils.ConfigError, match="did you mean 'num_threads'"):
+        inputs.Inputs(config, global_batch_size=8, seed=0, build_train=False)
