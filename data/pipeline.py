@@ -2,7 +2,8 @@
 
 A *source* is any random-access object (`__len__`, `__getitem__(i) -> dict`) whose examples
 hold "image" (uint8 [H, W, 3], any size, or encoded PNG/JPEG bytes) and "caption" (str), and
-optionally "label" (int) and "hard_negative" (str).
+optionally "label" (int) and further text fields such as "hard_negative" (str), which only
+evaluation batches carry, and only when asked for (`make_eval_batches(extra_texts=...)`).
 
 Training order, for one seed:
 
@@ -45,11 +46,21 @@ def _process_info(index: int | None, count: int | None) -> tuple[int, int]:
 
 
 class _Load:
-    """Source index -> example with the raw image, text tokens, label and the index itself."""
+    """Source index -> example with the raw image, text tokens, label and the index itself.
 
-    def __init__(self, source, tokenizer: Tokenizer | None, max_len: int, texts_key: str | None):
+    `texts_key` is tokenised into "tokens", each of `extra_texts` into "<field>_tokens".
+    """
+
+    def __init__(
+        self,
+        source,
+        tokenizer: Tokenizer | None,
+        max_len: int,
+        texts_key: str | None,
+        extra_texts: Sequence[str] = (),
+    ):
         self.source, self.tokenizer = source, tokenizer
-        self.max_len, self.texts_key = max_len, texts_key
+        self.max_len, self.texts_key, self.extra_texts = max_len, texts_key, tuple(extra_texts)
 
     def __call__(self, index: int) -> Example:
         raw = self.source[int(index)]
@@ -58,10 +69,17 @@ class _Load:
             ex["tokens"] = self.tokenizer.encode([raw[self.texts_key]], self.max_len)[0]
         if "label" in raw:
             ex["label"] = np.int32(raw["label"])
-        if "hard_negative" in raw and self.tokenizer is not None:
-            negative = self.tokenizer.encode([raw["hard_negative"]], self.max_len)[0]
-            ex["hard_negative_tokens"] = negative
+        for field in self.extra_texts:
+            if field not in raw:
+                raise ValueError(_missing_field(field, raw, index))
+            ex[f"{field}_tokens"] = self.tokenizer.encode([raw[field]], self.max_len)[0]
         return ex
+
+
+def _missing_field(field: str, raw: Example, index: int) -> str:
+    return (
+        f"extra_texts names the field {field!r}, but source example {index} has only {sorted(raw)}."
+    )
 
 
 class _ImageTransform:
@@ -112,7 +130,9 @@ def make_train_iterator(
       "image": float32 [b, S, S, 3] normalised with mean/std (default: pixels in [-1, 1]);
       "tokens": int32 [b, L] caption ids, EOS-terminated, padded with tokenizer.pad_id;
       "index": int64 [b] source index of each example (for checking data order);
-      "label": int32 [b] and "hard_negative_tokens": int32 [b, L] when the source has them.
+      "label": int32 [b] when the source has labels.
+    Other text fields (e.g. "hard_negative") are never tokenised for training: nothing in a
+    train step reads them, and they would travel to the devices every step.
 
     Each epoch is reshuffled; `n % process_count` examples (different ones each epoch) are
     left out so that all processes run the same number of steps. Save `it.get_state()` and
@@ -162,6 +182,7 @@ def make_eval_batches(
     image_size: int,
     max_len: int,
     texts_key: str | None = "caption",
+    extra_texts: Sequence[str] = (),
     process_index: int = 0,
     process_count: int = 1,
     num_threads: int = 2,
@@ -171,23 +192,42 @@ def make_eval_batches(
     """Yields one in-order pass over the source, without augmentation (images resized to S x S).
 
     Batches have the keys of `make_train_iterator` (no "tokens" when `texts_key` is None) plus
-    "mask": bool [batch_size], False on padding. The last batch is padded to `batch_size`
-    (padding has index -1), so no example is dropped or counted twice. With process_count > 1,
-    process p reads examples p, p + P, ... and every process yields the same number of batches
-    (some possibly all padding), as multi-host evaluation needs.
+    "mask": bool [batch_size], False on padding, and "<field>_tokens": int32 [batch_size, L]
+    for each text field named in `extra_texts` (e.g. ("hard_negative",); none by default).
+    The last batch is padded to `batch_size` (padding has index -1), so no example is dropped
+    or counted twice. With process_count > 1, process p reads examples p, p + P, ... and every
+    process yields the same number of batches (some possibly all padding), as multi-host
+    evaluation needs.
+
+    Raises:
+      ValueError: no tokenizer for texts_key/extra_texts, an empty source, or a field of
+        `extra_texts` that the source's examples lack (checked on example 0 up front).
     """
-    if texts_key is not None and tokenizer is None:
-        raise ValueError("a tokenizer is required when texts_key is set")
+    if isinstance(extra_texts, str):
+        raise TypeError(f"extra_texts must be a sequence of field names, got {extra_texts!r}")
+    if (texts_key is not None or extra_texts) and tokenizer is None:
+        raise ValueError("a tokenizer is required when texts_key or extra_texts is set")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} outside [0, {process_count})")
     n = len(source)
     if n == 0:
         raise ValueError("cannot evaluate on an empty source")
+    if extra_texts:
+        first = source[0]
+        for field in extra_texts:
+            if field not in first:
+                raise ValueError(_missing_field(field, first, 0))
     num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
-    load = _Load(source, tokenizer, max_len, texts_key)
+    load = _Load(source, tokenizer, max_len, texts_key, extra_texts)
     transform = _ImageTransform(image_size, mean, std, augment=False)
     ds = grain.MapDataset.range(n)[process_index::process_count].map(load).map(transform)
     batches = ds.to_iter_dataset(_read_options(2, batch_size, num_threads)).batch(batch_size)
+    # A separate generator, so that the checks above raise at the call, not at first `next`.
+    return _padded_batches(batches, num_batches, batch_size, lambda: transform(load(0)))
+
+
+def _padded_batches(batches, num_batches: int, batch_size: int, example_0) -> Iterator[Example]:
+    """Pads each batch to `batch_size`, then adds all-padding batches up to `num_batches`."""
     empty = None
     for batch in batches:
         empty = {k: v[:0] for k, v in batch.items()}
@@ -195,7 +235,7 @@ def make_eval_batches(
         yield _pad_batch(batch, batch_size)
     if num_batches > 0 and empty is None:
         # This process got no examples (n < process_count): shape the padding like example 0.
-        empty = {k: np.asarray(v)[None][:0] for k, v in transform(load(0)).items()}
+        empty = {k: np.asarray(v)[None][:0] for k, v in example_0().items()}
     for _ in range(num_batches):
         yield _pad_batch(empty, batch_size)
 

@@ -1,4 +1,4 @@
-"""Image preprocessing ops on numpy arrays (no TensorFlow), resolvable by name.
+"""Image preprocessing ops on numpy arrays (no TensorFlow), used by `data.pipeline`.
 
 Images flow through the pipeline as uint8 [H, W, 3] until `normalize` turns them into
 float32. Random ops take an explicit `np.random.Generator` (grain's `random_map` supplies one
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -144,27 +144,3 @@ def color_jitter(
         mean = x.mean()
         x = (x - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-_OPS: dict[str, Callable[..., np.ndarray]] = {
-    "decode": decode,
-    "resize": resize,
-    "center_crop": center_crop,
-    "resize_small_and_center_crop": resize_small_and_center_crop,
-    "normalize": normalize,
-    "random_resized_crop": random_resized_crop,
-    "color_jitter": color_jitter,
-}
-
-
-def get_op(name: str) -> Callable[..., np.ndarray]:
-    """Returns the preprocessing op registered under `name`."""
-    try:
-        return _OPS[name]
-    except KeyError:
-        raise ValueError(f"unknown preprocessing op {name!r}; known: {sorted(_OPS)}") from None
-
-
-def list_ops() -> list[str]:
-    """Names accepted by `get_op`."""
-    return sorted(_OPS)

@@ -7,10 +7,22 @@ Specs:
                           (never downloaded here: a missing one raises DatasetNotFoundError).
   "user:<path>"           the user's own pairs: a folder, a .csv or a .jsonl (data.user_pairs).
 
+Paths (data_dir, user data) may be local or remote (gs://...): all go through etils.epath.
+
 Every source has `__len__` and `__getitem__` (what grain reads) and yields dicts with
 "image" (uint8 [H, W, 3]) and "caption" (str), plus "label" (int) and "hard_negative" (str)
-when the dataset has them. Splits accept tfds slicing ("train[:10%]", "test[5:]"); user data
-has the single split "train", so hold out a slice of it for evaluation.
+when the dataset has them. `captions(limit=None) -> list[str]` reads the first `limit`
+captions in index order without decoding any image (for tokenizer training and caption
+statistics).
+
+Splits: a name, optionally sliced tfds-style by example counts or percents of the split:
+"train", "test", "train[:10%]", "train[90%:]", "test[5:]", "test[:100]".
+  * tfds datasets have the splits they were prepared with (vlax_shapes: "train", "test").
+  * User data has "train" and "test". A row's optional `split` column (CSV) / key (JSONL)
+    decides ("train", or "test"; "val" and "validation" also mean "test"); a row without
+    one goes to "test" with probability `holdout` (default 0.05) by a stable hash of its
+    image path relative to the listing's root, so adding rows never moves existing ones and
+    the split survives moving the data (e.g. to gs://). Slices apply within the split.
 """
 
 import fcntl
@@ -20,14 +32,16 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
-from data import shapes, shapes_tfds, user_pairs
+from data import paths, shapes, shapes_tfds, user_listing, user_pairs
 
 BUILTIN = "vlax_shapes"
 USER_PREFIX = "user:"
 _SHAPES_KWARGS = ("image_size", "train_size", "test_size", "p_two_objects")
-_USER_KWARGS = ("strict", "image_root")
+_USER_KWARGS = ("strict", "image_root", "holdout")
 _SPLIT_RE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+_CAPTION_READ_BATCH = 1024
 
 
 class DatasetNotFoundError(ValueError):
@@ -35,10 +49,14 @@ class DatasetNotFoundError(ValueError):
 
 
 class TfdsSource:
-    """Wraps a tfds array_record data source: decodes text to str and images to [H, W, 3]."""
+    """Wraps a tfds array_record data source: decodes text to str and images to [H, W, 3].
 
-    def __init__(self, data_source, features: tfds.features.FeaturesDict):
-        self._source = data_source
+    `text_source` reads the same examples with image features left encoded (never decoded):
+    what `captions` reads.
+    """
+
+    def __init__(self, data_source, features: tfds.features.FeaturesDict, text_source):
+        self._source, self._text_source = data_source, text_source
         self._keys = [k for k in ("image", "caption", "label", "hard_negative") if k in features]
         label = _class_label(features)
         # COCO-style datasets hold several captions per image ("captions"/"text"): use the first.
@@ -47,8 +65,29 @@ class TfdsSource:
         # A classification dataset has no captions: its class name stands in for one.
         self._label_names = label.names if not has_text and label is not None else None
 
+    @classmethod
+    def from_builder(cls, builder: tfds.core.DatasetBuilder, split: str) -> "TfdsSource":
+        """The source of a prepared builder's `split` (array_record)."""
+        features = builder.info.features
+        skip_images = {
+            key: tfds.decode.SkipDecoding()
+            for key, feature in features.items()
+            if isinstance(feature, tfds.features.Image | tfds.features.Video)
+        }
+        return cls(
+            builder.as_data_source(split, file_format="array_record"),
+            features,
+            builder.as_data_source(split, decoders=skip_images, file_format="array_record"),
+        )
+
     def __len__(self) -> int:
         return len(self._source)
+
+    def _caption(self, example: dict) -> str:
+        if self._label_names is not None:
+            return self._label_names[int(example["label"])]
+        text = example["captions"]["text"][0] if self._multi_captions else example["caption"]
+        return text.decode("utf-8") if isinstance(text, bytes) else str(text)
 
     def _convert(self, example: dict) -> dict:
         out = {}
@@ -65,11 +104,7 @@ class TfdsSource:
         out["image"] = image
         if "label" in out:
             out["label"] = int(out["label"])
-        if self._label_names is not None:
-            out["caption"] = self._label_names[out["label"]]
-        if self._multi_captions:
-            first = example["captions"]["text"][0]
-            out["caption"] = first.decode("utf-8") if isinstance(first, bytes) else str(first)
+        out["caption"] = self._caption(example)
         return out
 
     def __getitem__(self, index: int) -> dict:
@@ -79,19 +114,30 @@ class TfdsSource:
         # Batched reads are much cheaper on array_record than one lookup per index.
         return [self._convert(ex) for ex in self._source.__getitems__(indices)]
 
+    def captions(self, limit: int | None = None) -> list[str]:
+        """The first `limit` captions (all if None) in index order; no image is decoded."""
+        n = len(self) if limit is None else min(limit, len(self))
+        out = []
+        for start in range(0, n, _CAPTION_READ_BATCH):
+            indices = list(range(start, min(start + _CAPTION_READ_BATCH, n)))
+            batch = self._text_source.__getitems__(indices)
+            out.extend(self._caption(ex) for ex in batch)
+        return out
+
     def __repr__(self) -> str:
         return f"TfdsSource({self._source!r})"
 
 
-def get_source(spec: str, split: str, *, data_dir: str | None = None, **kw):
+def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None, **kw):
     """Returns a random-access source for `spec` and `split` (see the module docstring).
 
     Args:
-      spec: "vlax_shapes", a tfds name, or "user:<path>".
+      spec: "vlax_shapes", a tfds name, or "user:<path>" (local or gs://).
       split: e.g. "train", "test", "train[:90%]".
-      data_dir: tfds data directory; defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets.
+      data_dir: tfds data directory (local or gs://); defaults to $TFDS_DATA_DIR or
+        ~/tensorflow_datasets.
       **kw: vlax_shapes: image_size, train_size, test_size, p_two_objects;
-        user data: strict, image_root; other tfds datasets: none.
+        user data: strict, image_root, holdout; other tfds datasets: none.
 
     Raises:
       DatasetNotFoundError: the dataset is not available locally.
@@ -100,24 +146,7 @@ def get_source(spec: str, split: str, *, data_dir: str | None = None, **kw):
     """
     if spec.startswith(USER_PREFIX):
         _check_kwargs(spec, kw, _USER_KWARGS)
-        path = os.path.expanduser(spec[len(USER_PREFIX) :])
-        if not os.path.exists(path):
-            raise DatasetNotFoundError(
-                f"User data {spec!r} not found: {os.path.abspath(path)} does not exist. Give a "
-                "folder of images with same-stem .txt captions, a .csv (image,caption) or a .jsonl."
-            )
-        name, start, stop = _parse_split(split)
-        if name != "train":
-            raise ValueError(
-                f"User data has the single split 'train', got {split!r}; hold out part of it "
-                "with a slice such as 'train[90%:]'."
-            )
-        source = user_pairs.UserPairsSource(path, **kw)
-        lo, hi = _slice_bounds(start, stop, len(source))
-        source.pairs = source.pairs[lo:hi]
-        if not source.pairs:
-            raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
-        return source
+        return _user_source(spec, split, **kw)
     if spec == BUILTIN:
         _check_kwargs(spec, kw, _SHAPES_KWARGS)
         builder = shapes_tfds.VlaxShapes(data_dir=data_dir, **kw)
@@ -127,11 +156,30 @@ def get_source(spec: str, split: str, *, data_dir: str | None = None, **kw):
         _check_kwargs(spec, kw, ())
         builder = _prepared_builder(spec, data_dir)
     _check_split(builder, spec, split)
-    source = builder.as_data_source(split, file_format="array_record")
-    return TfdsSource(source, builder.info.features)
+    return TfdsSource.from_builder(builder, split)
 
 
-def dataset_info(spec: str, *, data_dir: str | None = None) -> dict:
+def _user_source(spec: str, split: str, **kw) -> user_pairs.UserPairsSource:
+    path = paths.as_path(spec[len(USER_PREFIX) :])
+    if not path.exists():
+        raise DatasetNotFoundError(
+            f"User data {spec!r} not found: {path} does not exist. Give a folder of images "
+            "with same-stem .txt captions, a .csv (image,caption[,split]) or a .jsonl."
+        )
+    name, start, stop = _parse_split(split)
+    if name not in user_listing.SPLITS:
+        raise ValueError(
+            f"User data has the splits {list(user_listing.SPLITS)}, got {split!r} (a "
+            "listing's split column or key may also say 'val'/'validation', read as 'test')."
+        )
+    source = user_pairs.UserPairsSource(path, split=name, **kw)
+    source = source.select(*_slice_bounds(start, stop, len(source)))
+    if not len(source):
+        raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
+    return source
+
+
+def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
     """What evaluators need beyond the examples: class_names and prompt_templates, if any.
 
     Returns:
@@ -168,7 +216,18 @@ def _check_kwargs(spec: str, kw: dict, allowed: tuple[str, ...]) -> None:
 
 def _prepare_locked(builder: tfds.core.DatasetBuilder) -> None:
     """Generates the built-in dataset, once even when several processes start together."""
-    root = builder.data_dir_root
+    root = os.fspath(builder.data_dir_root)
+    if not paths.is_local(root):
+        # fcntl locks only local files, and epath offers no lock on GCS. Hosts that start
+        # together may each generate the (deterministic) dataset into their own incomplete
+        # folder; tfds then renames it into place, and a host that loses that race fails the
+        # rename and uses the winner's copy. Cheaper still: prepare it once before big jobs.
+        try:
+            shapes_tfds.prepare(builder)
+        except Exception:
+            if not builder.is_prepared():
+                raise
+        return
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f".{builder.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -180,12 +239,15 @@ def _prepare_locked(builder: tfds.core.DatasetBuilder) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _prepared_builder(spec: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _prepared_builder(spec: str, data_dir: paths.PathLike | None) -> tfds.core.DatasetBuilder:
     """A read-only builder for the prepared tfds dataset `name[/config][:version]`, or raises.
 
-    Reads only local metadata: constructing a builder by name could query GCS for its info.
+    Reads only the metadata under data_dir (local or gs://): constructing a builder by name
+    could query GCS for its info.
     """
-    root = data_dir if data_dir is not None else tfds.core.constants.get_default_data_dir()
+    root = paths.as_path(
+        data_dir if data_dir is not None else tfds.core.constants.get_default_data_dir()
+    )
     name, _, version = spec.partition(":")
     name, _, config = name.partition("/")
     how_to = (
@@ -193,35 +255,31 @@ def _prepared_builder(spec: str, data_dir: str | None) -> tfds.core.DatasetBuild
         f"{name} --data_dir={root} --file_format=array_record`, or use '{BUILTIN}' or "
         "'user:<path>'."
     )
-    dataset_dir = os.path.join(root, name)
-    if not os.path.isdir(dataset_dir):
+    dataset_dir = root / name
+    if not dataset_dir.is_dir():
         raise DatasetNotFoundError(
-            f"Dataset {spec!r} not found: no directory {dataset_dir} under data_dir {root!r}. "
-            + how_to
+            f"Dataset {spec!r} not found: no directory {dataset_dir} under data_dir "
+            f"{str(root)!r}. " + how_to
         )
     if not config:
-        configs = [
-            c
-            for c in sorted(os.listdir(dataset_dir))
-            if not _is_version(c) and os.path.isdir(os.path.join(dataset_dir, c))
-        ]
+        configs = sorted(
+            c.name for c in dataset_dir.iterdir() if not _is_version(c.name) and c.is_dir()
+        )
         if not _versions(dataset_dir) and len(configs) > 1:
             raise DatasetNotFoundError(
-                f"Dataset {spec!r} in {root!r} has several configs {configs}; name one as "
+                f"Dataset {spec!r} in {str(root)!r} has several configs {configs}; name one as "
                 f"'{name}/<config>'."
             )
         if not _versions(dataset_dir) and configs:
             config = configs[0]
-    variant_root = os.path.join(dataset_dir, config) if config else dataset_dir
+    variant_root = dataset_dir / config if config else dataset_dir
     versions = [version] if version else _versions(variant_root)
-    if not versions or not os.path.isfile(
-        os.path.join(variant_root, versions[-1], "dataset_info.json")
-    ):
+    if not versions or not (variant_root / versions[-1] / "dataset_info.json").exists():
         raise DatasetNotFoundError(
-            f"Dataset {spec!r} is not prepared under data_dir {root!r} (looked for "
+            f"Dataset {spec!r} is not prepared under data_dir {str(root)!r} (looked for "
             f"{variant_root}/{version or '<version>'}/dataset_info.json). " + how_to
         )
-    path = os.path.join(variant_root, versions[-1])
+    path = variant_root / versions[-1]
     builder = tfds.builder_from_directory(path)
     formats = builder.info.available_file_formats()
     if tfds.core.FileFormat.ARRAY_RECORD not in formats:
@@ -236,14 +294,14 @@ def _is_version(name: str) -> bool:
     return tfds.core.Version.is_valid(name)
 
 
-def _versions(folder: str) -> list[str]:
+def _versions(folder: epath.Path) -> list[str]:
     """Prepared version sub-folders of `folder`, oldest first."""
-    if not os.path.isdir(folder):
+    if not folder.is_dir():
         return []
     found = [
-        v
-        for v in os.listdir(folder)
-        if _is_version(v) and os.path.isfile(os.path.join(folder, v, "dataset_info.json"))
+        v.name
+        for v in folder.iterdir()
+        if _is_version(v.name) and (v / "dataset_info.json").exists()
     ]
     return sorted(found, key=tfds.core.Version)
 

@@ -11,12 +11,13 @@ token; contrastive text towers simply never see it (`encode` adds only EOS by de
 from __future__ import annotations
 
 import io
-import os
-import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from data import paths
 
 PAD_ID, UNK_ID, EOS_ID, BOS_ID = 0, 1, 2, 3
 
@@ -27,11 +28,14 @@ class Tokenizer:
     Text is kept as is (no lowercasing); only SentencePiece's own normalisation applies.
     """
 
-    def __init__(self, model_path: str):
-        if not os.path.exists(model_path):
+    def __init__(self, model_path: paths.PathLike):
+        """Loads a `.model` file, local or remote (gs://...): its bytes are read via epath."""
+        path = paths.as_path(model_path)
+        if not path.exists():
             raise FileNotFoundError(f"SentencePiece model not found: {model_path}")
-        self.model_path = model_path
-        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        self.model_path = str(path)
+        # `model_file=` opens local files only; the serialized proto works for any path.
+        self._sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
 
     @property
     def vocab_size(self) -> int:
@@ -79,6 +83,12 @@ class Tokenizer:
             out[row, : len(ids)] = ids
         return out
 
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Number of pieces of each text, int64 [N], without BOS/EOS and without truncation."""
+        if isinstance(texts, str):
+            raise TypeError("token_counts expects a sequence of strings, got a single str")
+        return np.array([len(ids) for ids in self._sp.encode(list(texts))], dtype=np.int64)
+
     def decode(self, ids: np.ndarray | Sequence[Sequence[int]]) -> list[str]:
         """Decodes [N, L] ids to N strings, stopping at the first EOS and skipping pad/BOS."""
         skip = {self.pad_id, self.bos_id}
@@ -95,7 +105,7 @@ class Tokenizer:
 
 def train_sentencepiece(
     corpus: Iterable[str],
-    model_prefix: str,
+    model_prefix: paths.PathLike,
     vocab_size: int,
     *,
     model_type: str = "unigram",
@@ -104,9 +114,9 @@ def train_sentencepiece(
     """Trains a SentencePiece model on `corpus` and writes `<model_prefix>.model`.
 
     Deterministic (single training thread, no sentence sampling). `vocab_size` is an upper
-    bound (`hard_vocab_limit=False`) so tiny corpora still train. The model is written to a
-    temporary file in the target directory and renamed into place, so a crash never leaves a
-    half-written `.model` behind.
+    bound (`hard_vocab_limit=False`) so tiny corpora still train. `model_prefix` may be local
+    or remote (gs://...). The model is written to a temporary file in the target directory
+    and renamed into place, so a crash never leaves a half-written `.model` behind.
 
     Returns:
       The path of the written `.model` file.
@@ -135,35 +145,35 @@ def train_sentencepiece(
     data = buffer.getvalue()
     if not data:
         raise RuntimeError(f"sentencepiece training produced no model for {model_prefix}")
-    path = model_prefix + ".model"
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".model")
+    path = paths.as_path(f"{model_prefix}.model")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so the rename stays within one filesystem (atomic locally; on GCS a
+    # rename is copy + delete of an object that only appears once fully written).
+    tmp = path.parent / f".tmp_{uuid.uuid4().hex}_{path.name}"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the model is shared with other readers.
-        os.replace(tmp, path)
+        tmp.write_bytes(data)
+        tmp.replace(path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+    return str(path)
 
 
 def get_tokenizer(
-    model_path: str,
+    model_path: paths.PathLike,
     corpus_fn: Callable[[], Iterable[str]] | None = None,
     vocab_size: int = 1000,
     *,
     model_type: str = "unigram",
 ) -> Tokenizer:
-    """Loads `model_path` (a `.model` file); if missing, trains it from `corpus_fn()` first."""
+    """Loads `model_path` (a `.model` file, local or gs://); if missing, trains it first.
+
+    The training corpus is `corpus_fn()`, e.g. a source's `captions(limit)`.
+    """
+    model_path = str(model_path)
     if not model_path.endswith(".model"):
         raise ValueError(f"model_path must end in '.model', got {model_path!r}")
-    if not os.path.exists(model_path):
+    if not paths.as_path(model_path).exists():
         if corpus_fn is None:
             raise FileNotFoundError(
                 f"No SentencePiece model at {model_path} and no corpus to train one from: "
@@ -172,3 +182,25 @@ def get_tokenizer(
         prefix = model_path[: -len(".model")]
         train_sentencepiece(corpus_fn(), prefix, vocab_size, model_type=model_type)
     return Tokenizer(model_path)
+
+
+def truncation_stats(
+    tokenizer: Tokenizer, texts: Sequence[str], max_len: int, *, add_eos: bool = True
+) -> dict[str, int]:
+    """How many `texts` `tokenizer.encode(texts, max_len, add_eos=add_eos)` would cut.
+
+    Returns:
+      {"num_texts": N, "num_truncated": texts longer than max_len tokens (EOS included),
+       "max_len_for_95pct": the smallest max_len, EOS included, that fits at least 95% of the
+       texts uncut (0 when there are no texts)}.
+    """
+    lengths = np.sort(tokenizer.token_counts(texts) + int(add_eos))
+    n = len(lengths)
+    # The ceil(0.95 n)-th shortest length fits that many texts, and no smaller one does
+    # (integer ceil: 0.95 * n in floats can land just above an integer).
+    fits_95 = int(lengths[-(-95 * n // 100) - 1]) if n else 0
+    return {
+        "num_texts": n,
+        "num_truncated": int(np.sum(lengths > max_len)),
+        "max_len_for_95pct": fits_95,
+    }

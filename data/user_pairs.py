@@ -1,35 +1,40 @@
-"""A random-access source over a user's own image-caption pairs.
+"""A random-access source over a user's own image-caption pairs, local or on gs://.
 
-Three layouts are accepted:
+Three layouts are accepted (see `data.user_listing`, which also assigns the train/test split):
 
   * a folder of images, each with a same-stem caption file: `cat.jpg` + `cat.txt`
     (searched recursively, in sorted path order);
-  * a `.csv` file with a header row containing the columns `image` and `caption`;
-  * a `.jsonl` file with one `{"image": path, "caption": text}` object per line.
+  * a `.csv` file with a header row containing the columns `image` and `caption`, and
+    optionally `split`;
+  * a `.jsonl` file with one `{"image": path, "caption": text}` object per line (optional
+    "split" key).
 
-Relative image paths resolve against `image_root` if given, else the CSV/JSONL file's folder.
-Every image is opened and fully decoded once at construction, so a broken file fails here
-rather than hours into training: by default it is skipped and counted (`skipped`), with
-`strict=True` the first one raises a ValueError naming the file and the reason.
+Construction reads only the listing, so a million-image folder is ready in the time of one
+walk; images are decoded when read. Problems the listing shows (no caption file, an empty
+caption or image path) are found at construction; an image that is missing or cannot be
+decoded is found when it is read. By default both are skipped and counted (`skipped`): a
+bad image read at index i is replaced by the next readable pair in index order (wrapping),
+so index i always gives the same example. With `strict=True` the first bad pair raises a
+ValueError naming the file and the reason.
 """
 
-import csv
-import json
+import copy
+import io
 import logging
-import os
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-CSV_COLUMNS = ("image", "caption")
+from data import paths, user_listing
 
 logger = logging.getLogger(__name__)
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Decodes an image file to uint8 [H, W, 3] RGB (EXIF rotation applied, alpha on white)."""
-    with Image.open(path) as image:
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Decodes encoded image bytes to uint8 [H, W, 3] RGB (EXIF rotation applied, alpha on
+    white)."""
+    with Image.open(io.BytesIO(data)) as image:
         image.load()  # full decode: `verify()` alone misses truncated pixel data
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -42,138 +47,173 @@ def load_rgb(path: str) -> np.ndarray:
     return array
 
 
+def load_rgb(path: paths.PathLike) -> np.ndarray:
+    """Reads an image file (local or gs://) and decodes it to uint8 [H, W, 3] RGB."""
+    return decode_rgb(paths.as_path(path).read_bytes())
+
+
+def _read_problem(image_path: str) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) if `image_path` reads and decodes, else (None, why not)."""
+    try:
+        data = paths.as_path(image_path).read_bytes()
+    except FileNotFoundError:
+        return None, "missing image file"
+    except OSError as e:  # permissions, a folder named like an image, ...
+        return None, f"unreadable file ({type(e).__name__}: {e})"
+    try:
+        return decode_rgb(data), None
+    except Exception as e:  # Pillow raises many exception types on bad files
+        return None, f"unreadable image ({type(e).__name__}: {e})"
+
+
 class UserPairsSource:
     """Random-access image-caption pairs: `len(src)`, `src[i] -> dict(image, caption)`.
 
+    Safe to read from several threads (grain reads with threads).
+
     Attributes:
-      pairs: the (image path, caption) pairs that passed validation, in a fixed order.
-      skipped: (image path, reason) of every pair left out (unreadable, missing, no caption).
+      path: the listing (folder, .csv or .jsonl).
+      pairs: (image path, caption) of every pair the listing shows usable, in a fixed order;
+        `len(src) == len(pairs)` even when some images turn out unreadable.
+      skipped: (image path, reason) of every pair left out so far: the listing's problems,
+        then the unreadable images found by reads (a snapshot; it grows as reads find more).
     """
 
-    def __init__(self, path: str, *, strict: bool = False, image_root: str | None = None):
-        """Reads the listing at `path` and validates every image.
+    def __init__(
+        self,
+        path: paths.PathLike,
+        *,
+        strict: bool = False,
+        image_root: paths.PathLike | None = None,
+        split: str | None = None,
+        holdout: float = 0.05,
+    ):
+        """Reads the listing at `path` (never the images) and keeps the rows of `split`.
+
+        Args:
+          path: a folder, .csv or .jsonl, local or gs://.
+          strict: raise on the first bad pair instead of skipping it.
+          image_root: what relative image paths of a CSV/JSONL resolve against (default: its
+            folder).
+          split: "train", "test", or None for every row.
+          holdout: the fraction of rows without a split column/key that go to "test".
 
         Raises:
           FileNotFoundError: `path` does not exist.
-          ValueError: unknown layout, malformed CSV/JSONL, no usable pair, or (strict) a bad pair.
+          ValueError: unknown layout, malformed CSV/JSONL or split value, no usable pair of
+            `split`, or (strict) a listing problem.
         """
-        self.path = os.path.abspath(path)
+        if split not in (None, *user_listing.SPLITS):
+            raise ValueError(f"split must be one of {user_listing.SPLITS} or None, got {split!r}")
+        self.path = paths.as_path(path)
         self.strict = strict
-        if not os.path.exists(self.path):
+        if not self.path.exists():
             raise FileNotFoundError(f"User image-caption data not found: {self.path}")
-        if os.path.isdir(self.path):
-            candidates = self._list_folder(self.path)
-        else:
-            root = image_root if image_root is not None else os.path.dirname(self.path)
-            if self.path.endswith(".csv"):
-                candidates = self._list_csv(self.path, root)
-            elif self.path.endswith(".jsonl"):
-                candidates = self._list_jsonl(self.path, root)
-            else:
-                raise ValueError(
-                    f"Unsupported user data file {self.path}: expected a folder of images with "
-                    "same-stem .txt captions, a .csv with columns image,caption, or a .jsonl."
-                )
+        rows = user_listing.list_pairs(self.path, image_root, holdout=holdout)
         self.pairs: list[tuple[str, str]] = []
-        self.skipped: list[tuple[str, str]] = []
-        for image_path, caption, problem in candidates:
-            if problem is None and not os.path.isfile(image_path):
-                problem = "missing image file"
-            if problem is None:
-                try:
-                    load_rgb(image_path)
-                except Exception as e:  # Pillow raises many exception types on bad files
-                    problem = f"unreadable image ({type(e).__name__}: {e})"
-            if problem is None:
-                self.pairs.append((image_path, caption))
-            elif strict:
-                raise ValueError(f"Bad image-caption pair {image_path}: {problem}")
+        self._listing_skipped: list[tuple[str, str]] = []
+        for row in rows:
+            if row.problem is not None and strict:
+                raise ValueError(f"Bad image-caption pair {row.image}: {row.problem}")
+            if split is not None and row.split != split:
+                continue
+            if row.problem is None:
+                self.pairs.append((row.image, row.caption))
             else:
-                self.skipped.append((image_path, problem))
-        if self.skipped:
+                self._listing_skipped.append((row.image, row.problem))
+        if self._listing_skipped:
             logger.warning(
-                "Skipped %d of %d image-caption pairs in %s (first: %s: %s); pass strict=True "
-                "to fail instead.",
-                len(self.skipped),
-                len(candidates),
+                "Skipped %d of %d listed image-caption pairs in %s (first: %s: %s); pass "
+                "strict=True to fail instead.",
+                len(self._listing_skipped),
+                len(self.pairs) + len(self._listing_skipped),
                 self.path,
-                *self.skipped[0],
+                *self._listing_skipped[0],
             )
         if not self.pairs:
+            which = f" in split {split!r} (holdout={holdout})" if split is not None else ""
             raise ValueError(
-                f"No usable image-caption pairs in {self.path} "
-                f"({len(candidates)} listed, {len(self.skipped)} skipped)."
+                f"No usable image-caption pairs in {self.path}{which} ({len(rows)} listed, "
+                f"{len(self._listing_skipped)} skipped)."
             )
+        self._reset_reads()
 
-    @staticmethod
-    def _list_folder(folder: str) -> list[tuple[str, str, str | None]]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            for name in sorted(filenames):
-                stem, ext = os.path.splitext(name)
-                if ext.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                image_path = os.path.join(dirpath, name)
-                caption_path = os.path.join(dirpath, stem + ".txt")
-                if not os.path.isfile(caption_path):
-                    out.append((image_path, "", f"no caption file {stem}.txt"))
-                    continue
-                with open(caption_path, encoding="utf-8") as f:
-                    caption = f.read().strip()
-                out.append((image_path, caption, None if caption else "empty caption"))
+    def _reset_reads(self) -> None:
+        """Fresh read-time bookkeeping: indices known unreadable and their reasons."""
+        self._lock = threading.Lock()
+        self._bad: set[int] = set()
+        self._read_skipped: list[tuple[str, str]] = []
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return self._listing_skipped + self._read_skipped
+
+    def select(self, start: int | None, stop: int | None) -> "UserPairsSource":
+        """A source over `pairs[start:stop]` with the same options (reads counted anew)."""
+        out = copy.copy(self)
+        out.pairs = self.pairs[start:stop]
+        out._reset_reads()
         return out
 
-    @staticmethod
-    def _list_csv(path: str, root: str) -> list[tuple[str, str, str | None]]:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            if not set(CSV_COLUMNS) <= set(columns):
-                raise ValueError(
-                    f"{path}: the CSV header must contain the columns {','.join(CSV_COLUMNS)}; "
-                    f"found {columns or 'no header'}."
-                )
-            reader.fieldnames = columns
-            rows = [(r["image"], r["caption"]) for r in reader]
-        return [_candidate(image, caption, root) for image, caption in rows]
+    def captions(self, limit: int | None = None) -> list[str]:
+        """The first `limit` captions (all if None) in index order, from the listing alone.
 
-    @staticmethod
-    def _list_jsonl(path: str, root: str) -> list[tuple[str, str, str | None]]:
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    image, caption = record["image"], record["caption"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(
-                        f"{path}:{line_no}: expected a JSON object with keys 'image' and "
-                        f"'caption' ({type(e).__name__}: {e})."
-                    ) from e
-                out.append(_candidate(image, caption, root))
-        return out
+        Pairs whose images later prove unreadable are included: no image is opened here.
+        """
+        return [caption for _, caption in self.pairs[:limit]]
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        """Returns dict(image=uint8 [H, W, 3], caption=str); sizes differ between images."""
-        image_path, caption = self.pairs[index]
-        return {"image": load_rgb(image_path), "caption": caption}
+        """Returns dict(image=uint8 [H, W, 3], caption=str); sizes differ between images.
+
+        A bad pair at `index` (strict=False) gives the next readable one, wrapping around.
+        """
+        n = len(self.pairs)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} pairs")
+        for offset in range(n):
+            i = (index + offset) % n
+            if i in self._bad:
+                continue
+            image_path, caption = self.pairs[i]
+            image, problem = _read_problem(image_path)
+            if problem is None:
+                return {"image": image, "caption": caption}
+            if self.strict:
+                raise ValueError(f"Bad image-caption pair {image_path}: {problem}")
+            self._record_bad(i, image_path, problem)
+        raise ValueError(f"None of the {n} images of {self.path} is readable.")
+
+    def _record_bad(self, index: int, image_path: str, problem: str) -> None:
+        with self._lock:
+            if index in self._bad:  # another thread found it first
+                return
+            self._bad.add(index)
+            self._read_skipped.append((image_path, problem))
+            count = len(self._read_skipped)
+            first = self._read_skipped[0]
+        # Rate-limited: one warning at 1, 2, 4, 8, ... bad images, not one per file.
+        if count & (count - 1) == 0:
+            logger.warning(
+                "%d unreadable image(s) so far in %s (first: %s: %s); each is replaced by the "
+                "next readable pair. Pass strict=True to fail instead.",
+                count,
+                self.path,
+                *first,
+            )
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]  # locks do not pickle; read bookkeeping goes along without one
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"UserPairsSource({self.path!r}, pairs={len(self)}, skipped={len(self.skipped)})"
-
-
-def _candidate(image: object, caption: object, root: str) -> tuple[str, str, str | None]:
-    """(absolute image path, caption, problem or None) for one CSV/JSONL record."""
-    image_path = os.path.join(root, str(image or "").strip())
-    caption = str(caption if caption is not None else "").strip()
-    if not str(image or "").strip():
-        return image_path, caption, "empty image path"
-    if not caption:
-        return image_path, caption, "empty caption"
-    return image_path, caption, None
+        path, skipped = str(self.path), len(self.skipped)
+        return f"UserPairsSource({path!r}, pairs={len(self)}, skipped={skipped})"

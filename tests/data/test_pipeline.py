@@ -133,14 +133,6 @@ def test_color_jitter():
     np.testing.assert_array_equal(same, image)
 
 
-def test_op_registry():
-    assert preprocess.get_op("normalize") is preprocess.normalize
-    assert "random_resized_crop" in preprocess.list_ops()
-    assert "flip" not in " ".join(preprocess.list_ops())  # no flips: captions say "left of"
-    with pytest.raises(ValueError, match="known:.*resize"):
-        preprocess.get_op("random_flip")
-
-
 # ---------------------------------------------------------------- training pipeline
 
 
@@ -155,6 +147,13 @@ def test_train_batch_contents(source, tokenizer):
     for i, caption, label in zip(batch["index"], captions, batch["label"], strict=True):
         assert caption == source[i]["caption"] and label == source[i]["label"]
     assert np.all(np.any(batch["tokens"] == EOS_ID, axis=1))
+
+
+def test_train_batches_carry_no_hard_negatives(tokenizer):
+    # Nothing in a train step reads them: tokenising and shipping them every step is waste.
+    source = [dict(ex, hard_negative="photo 1 of a dog") for ex in make_source(16)]
+    batch = next(train_iter(source, tokenizer))
+    assert set(batch) == {"image", "tokens", "label", "index"}
 
 
 def test_no_augmentation_is_plain_resize(source, tokenizer):
@@ -325,13 +324,27 @@ def test_eval_batches_multi_process_and_no_text():
         next(make_eval_batches(source, tokenizer=None, batch_size=2, image_size=8, max_len=4))
 
 
-def test_eval_hard_negatives(tokenizer):
-    source = [dict(ex, hard_negative="photo 1 of a dog") for ex in make_source(3)]
-    batch = next(
-        make_eval_batches(source, tokenizer=tokenizer, batch_size=4, image_size=8, max_len=32)
-    )
+def test_eval_extra_texts(tokenizer):
+    negatives = [f"photo {i + 1} of a bird" for i in range(3)]
+    source = [dict(ex, hard_negative=n) for ex, n in zip(make_source(3), negatives, strict=True)]
+    kwargs = dict(tokenizer=tokenizer, batch_size=4, image_size=8, max_len=32)
+    plain = next(make_eval_batches(source, **kwargs))
+    assert "hard_negative_tokens" not in plain  # only when asked for
+    batch = next(make_eval_batches(source, extra_texts=("hard_negative",), **kwargs))
     assert batch["hard_negative_tokens"].shape == (4, 32)
-    assert tokenizer.decode(batch["hard_negative_tokens"][:3]) == ["photo 1 of a dog"] * 3
+    assert batch["hard_negative_tokens"].dtype == np.int32
+    assert tokenizer.decode(batch["hard_negative_tokens"][:3]) == negatives
+    assert np.all(batch["hard_negative_tokens"][3] == tokenizer.pad_id)  # padding row
+    np.testing.assert_array_equal(batch["tokens"], plain["tokens"])
+    # A missing field fails at the call, before any batch is read.
+    with pytest.raises(ValueError, match=r"'negative'.*\['caption', 'hard_negative'"):
+        make_eval_batches(source, extra_texts=("negative",), **kwargs)
+    with pytest.raises(TypeError, match="sequence of field names"):
+        make_eval_batches(source, extra_texts="hard_negative", **kwargs)
+    with pytest.raises(ValueError, match="tokenizer is required"):
+        make_eval_batches(
+            source, **dict(kwargs, tokenizer=None), texts_key=None, extra_texts=("hard_negative",)
+        )
 
 
 def test_encode_texts_pads_last_batch(tokenizer):

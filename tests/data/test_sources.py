@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
-from data import shapes, sources
+from data import shapes, shapes_tfds, sources
 
 _SHAPES_KW = dict(image_size=32, train_size=16, test_size=8)
 _SHAPES_CONFIG = "s32_n16-8_p50"
@@ -40,6 +41,10 @@ def test_builtin_dataset_is_prepared_on_first_use(shapes_dir):
     assert shapes.CLASS_NAMES[ex["label"]] in ex["caption"]
     batch = train.__getitems__([0, 5])
     assert [b["caption"] for b in batch] == [train[0]["caption"], train[5]["caption"]]
+    assert train.captions(3) == [train[i]["caption"] for i in range(3)]
+    assert len(train.captions()) == 16 and test.captions(100) == [
+        test[i]["caption"] for i in range(8)
+    ]
 
     half = sources.get_source("vlax_shapes", "train[:50%]", data_dir=shapes_dir, **_SHAPES_KW)
     assert len(half) == 8
@@ -112,33 +117,62 @@ def test_classification_dataset_gets_rgb_images_and_class_name_captions():
         def __getitems__(self, indices):
             return [self[i] for i in indices]
 
-    src = sources.TfdsSource(ListSource(rows), features)
+    src = sources.TfdsSource(ListSource(rows), features, ListSource(rows))
     ex = src[1]
     assert ex["image"].shape == (8, 8, 3) and (ex["image"] == 9).all()
     assert ex["caption"] == "dog" and ex["label"] == 1
     assert [e["caption"] for e in src.__getitems__([0, 2])] == ["cat", "cat"]
+    assert src.captions() == ["cat", "dog", "cat"]
+
+
+def _user_folder(root, n: int) -> None:
+    for i in range(n):
+        Image.new("RGB", (5, 5), (10 * i, 0, 0)).save(root / f"{i:02d}.png")
+        (root / f"{i:02d}.txt").write_text(f"caption {i}")
 
 
 def test_user_spec(tmp_path):
-    for i in range(4):
-        Image.new("RGB", (5, 5), (10 * i, 0, 0)).save(tmp_path / f"{i}.png")
-        (tmp_path / f"{i}.txt").write_text(f"caption {i}")
-    (tmp_path / "9.png").write_bytes(b"garbage")
-    (tmp_path / "9.txt").write_text("broken")
-    src = sources.get_source(f"user:{tmp_path}", "train")
-    assert len(src) == 4 and len(src.skipped) == 1
-    ex = src[2]
-    assert set(ex) == {"image", "caption"} and ex["caption"] == "caption 2"
+    _user_folder(tmp_path, 40)
+    (tmp_path / "99.png").write_bytes(b"garbage")
+    (tmp_path / "99.txt").write_text("broken")
+    train = sources.get_source(f"user:{tmp_path}", "train", holdout=0.25)
+    test = sources.get_source(f"user:{tmp_path}", "test", holdout=0.25)
+    assert len(train) + len(test) == 41 and len(test) > 3
+    captions = set(train.captions()) | set(test.captions())
+    assert not set(train.captions()) & set(test.captions()) and len(captions) == 41
+    ex = next(train[i] for i in range(len(train)) if train.captions()[i] == "caption 2")
+    assert set(ex) == {"image", "caption"}
     assert ex["image"].shape == (5, 5, 3) and (ex["image"][..., 0] == 20).all()
-    held_out = sources.get_source(f"user:{tmp_path}", "train[75%:]")
-    assert [held_out[i]["caption"] for i in range(len(held_out))] == ["caption 3"]
-    with pytest.raises(ValueError, match="9.png"):
-        sources.get_source(f"user:{tmp_path}", "train", strict=True)
-    with pytest.raises(ValueError, match="single split 'train'"):
-        sources.get_source(f"user:{tmp_path}", "test")
+    # The default holdout is 5%; slices apply within a split.
+    assert len(sources.get_source(f"user:{tmp_path}", "test")) < len(test)
+    half = sources.get_source(f"user:{tmp_path}", "train[:50%]", holdout=0.25)
+    assert half.captions() == train.captions()[: round(len(train) / 2)]
+    first = sources.get_source(f"user:{tmp_path}", "test[:2]", holdout=0.25)
+    assert first.captions() == test.captions()[:2]
+    strict = sources.get_source(f"user:{tmp_path}", "train", strict=True, holdout=0.0)
+    with pytest.raises(ValueError, match=r"99\.png: unreadable image"):
+        strict[len(strict) - 1]
+    with pytest.raises(ValueError, match="splits \\['train', 'test'\\]"):
+        sources.get_source(f"user:{tmp_path}", "validation")
+    with pytest.raises(ValueError, match="selects no examples"):
+        sources.get_source(f"user:{tmp_path}", "test[5:5]", holdout=0.25)
     with pytest.raises(sources.DatasetNotFoundError, match="does not exist"):
         sources.get_source(f"user:{tmp_path}/missing.csv", "train")
+    with pytest.raises(TypeError, match="holdot"):
+        sources.get_source(f"user:{tmp_path}", "train", holdot=0.1)
     assert sources.dataset_info(f"user:{tmp_path}") == {}
+
+
+def test_user_spec_on_gcs(gcs, tmp_path):
+    _user_folder(tmp_path, 6)
+    for f in sorted(tmp_path.iterdir()):
+        (gcs / "pairs" / f.name).parent.mkdir(parents=True, exist_ok=True)
+        (gcs / "pairs" / f.name).write_bytes(f.read_bytes())
+    src = sources.get_source(f"user:{gcs}/pairs", "train", holdout=0.0)
+    assert src.captions() == [f"caption {i}" for i in range(6)]
+    assert (src[3]["image"][..., 0] == 30).all()
+    with pytest.raises(sources.DatasetNotFoundError, match="does not exist"):
+        sources.get_source(f"user:{gcs}/nope.csv", "train")
 
 
 def test_builtin_dataset_info():
@@ -146,3 +180,147 @@ def test_builtin_dataset_info():
     assert info["class_names"] == shapes.CLASS_NAMES
     assert all(t.format("red circle").endswith("red circle.") for t in info["prompt_templates"])
     assert info["has_hard_negatives"] is True
+
+
+class TinyCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """COCO-style: several captions per image under "captions"/"text"."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = epath.Path(__file__)  # see VlaxShapes.code_path
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(4, 4, 3), encoding_format="png"),
+                    "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(5):
+            image = shapes_tfds.encode_png(np.full((4, 4, 3), i, np.uint8))
+            yield i, {"image": image, "captions": {"text": [f"first {i}", f"second {i}"]}}
+
+
+class TinyClasses(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Classification: no text at all, the class name stands in for a caption."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = epath.Path(__file__)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(4, 4, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=["cat", "dog", "owl"]),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(5):
+            yield i, {"image": np.full((4, 4, 1), i, np.uint8), "label": i % 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tiny_tfds"))
+    for cls in (TinyCaptions, TinyClasses):
+        cls(data_dir=data_dir).download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
+    return data_dir
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("tiny_captions", [f"first {i}" for i in range(5)]),
+        ("tiny_classes", ["cat", "dog", "owl", "cat", "dog"]),
+        ("vlax_shapes/" + _SHAPES_CONFIG, None),
+    ],
+)
+def test_captions_never_decode_images(name, expected, tiny_dir, shapes_dir, monkeypatch):
+    src = sources.get_source(name, "train", data_dir=shapes_dir if expected is None else tiny_dir)
+    by_index = [ex["caption"] for ex in src.__getitems__(list(range(5)))]
+    assert expected is None or sorted(by_index) == sorted(expected)  # tfds shuffles by key
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("captions() decoded an image")
+
+    monkeypatch.setattr(tfds.features.Image, "decode_example_np", no_decode)
+    monkeypatch.setattr(Image, "open", no_decode)
+    monkeypatch.setattr(sources, "_CAPTION_READ_BATCH", 2)  # several batched reads
+    assert src.captions(5) == by_index
+    assert src.captions(3) == by_index[:3] and len(src.captions()) == len(src)
+    with pytest.raises(AssertionError, match="decoded"):
+        src[0]  # the patch is effective: a normal read decodes the image
+
+
+def test_missing_dataset_on_gcs(gcs, shapes_dir):
+    data_dir = str(gcs / "tfds")
+    with pytest.raises(sources.DatasetNotFoundError, match="no directory") as info:
+        sources.get_source("mnist", "train", data_dir=data_dir)
+    assert data_dir in str(info.value)
+    (gcs / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)  # an unfinished preparation
+    with pytest.raises(sources.DatasetNotFoundError, match="not prepared"):
+        sources.get_source("mnist", "train", data_dir=data_dir)
+    for config in ("small", "big"):
+        (gcs / "tfds" / "two_configs" / config / "1.0.0").mkdir(parents=True)
+    with pytest.raises(sources.DatasetNotFoundError, match="several configs"):
+        sources.get_source("two_configs", "train", data_dir=data_dir)
+    # Prepared metadata is found and read there too.
+    src_dir = epath.Path(shapes_dir) / "vlax_shapes" / _SHAPES_CONFIG / "1.0.0"
+    dst_dir = gcs / "tfds" / "copied" / "1.0.0"
+    dst_dir.mkdir(parents=True)
+    for f in src_dir.iterdir():
+        if ".array_record" not in f.name:  # the metadata: info, features, class names
+            (dst_dir / f.name).write_bytes(f.read_bytes())
+    info = sources.dataset_info("copied", data_dir=data_dir)
+    assert info == {"class_names": shapes.CLASS_NAMES}
+
+
+def test_builtin_generation_on_gcs_skips_the_local_lock(gcs, monkeypatch):
+    class FakeBuilder:
+        name = "vlax_shapes"
+        data_dir_root = str(gcs / "tfds")
+        prepared = False
+
+        def is_prepared(self):
+            return self.prepared
+
+    def prepare(builder):
+        builder.prepared = True
+
+    monkeypatch.setattr(shapes_tfds, "prepare", prepare)
+    monkeypatch.setattr(sources.fcntl, "flock", lambda *a: pytest.fail("locked a gs:// path"))
+    builder = FakeBuilder()
+    sources._prepare_locked(builder)
+    assert builder.prepared
+    assert not os.path.exists("gs:")  # nothing written to the local disk by mistake
+
+    def lose_the_race(builder):
+        builder.prepared = True  # another host's copy landed first
+        raise FileExistsError("rename target exists")
+
+    monkeypatch.setattr(shapes_tfds, "prepare", lose_the_race)
+    sources._prepare_locked(FakeBuilder())  # uses the winner's copy
+
+    def fail(builder):
+        raise OSError("bucket not writable")
+
+    monkeypatch.setattr(shapes_tfds, "prepare", fail)
+    with pytest.raises(OSError, match="not writable"):
+        sources._prepare_locked(FakeBuilder())

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from etils import epath
 
 from data.tokenizer import (
     BOS_ID,
@@ -15,6 +16,7 @@ from data.tokenizer import (
     Tokenizer,
     get_tokenizer,
     train_sentencepiece,
+    truncation_stats,
 )
 
 
@@ -126,10 +128,64 @@ def test_failed_training_leaves_no_files(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
     # A crash while writing (here: at the final rename) must not leave a partial model.
-    def failing_replace(src, dst):
+    def failing_replace(self, target):
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(type(epath.Path(tmp_path)), "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         train_sentencepiece(make_captions(50), str(tmp_path / "y"), 100)
     assert os.listdir(tmp_path) == []
+
+
+def test_train_and_load_on_gcs(gcs):
+    # Written and read through epath only: sentencepiece itself opens local files only.
+    prefix = gcs / "tokenizers" / "caps"
+    path = train_sentencepiece(make_captions(100), str(prefix), 200)
+    assert path == f"{prefix}.model"
+    assert sorted(p.name for p in (gcs / "tokenizers").iterdir()) == ["caps.model"]  # no temp
+    tok = Tokenizer(path)
+    assert tok.model_path == path and tok.decode(tok.encode(["a cat."], 8)) == ["a cat."]
+
+    lazy = str(gcs / "other" / "tok.model")
+    trained = get_tokenizer(lazy, corpus_fn=lambda: make_captions(100), vocab_size=200)
+    assert (gcs / "other" / "tok.model").exists()
+
+    def no_corpus():
+        raise AssertionError("an existing model must be loaded, not retrained")
+
+    again = get_tokenizer(lazy, corpus_fn=no_corpus)
+    np.testing.assert_array_equal(again.encode(["a dog."], 8), trained.encode(["a dog."], 8))
+    with pytest.raises(FileNotFoundError):
+        Tokenizer(str(gcs / "nope.model"))
+
+
+def test_truncation_stats(tokenizer):
+    texts = make_captions(40, seed=2) + ["a red ball right of the green tree next to the cat."]
+    counts = tokenizer.token_counts(texts)
+    lengths = counts + 1  # EOS
+    max_len = int(np.median(lengths))
+    stats = truncation_stats(tokenizer, texts, max_len)
+    assert stats["num_texts"] == len(texts)
+    assert stats["num_truncated"] == int(np.sum(lengths > max_len)) > 0
+    # Cross-check against encode: a text is cut iff its EOS row has no padding left over.
+    fit = stats["max_len_for_95pct"]
+    uncut = np.array([tokenizer.decode(tokenizer.encode([t], fit))[0] == t for t in texts])
+    assert uncut.mean() >= 0.95
+    shorter = np.array([tokenizer.decode(tokenizer.encode([t], fit - 1))[0] == t for t in texts])
+    assert shorter.mean() < 0.95
+    no_eos = truncation_stats(tokenizer, texts, max_len, add_eos=False)
+    assert no_eos["max_len_for_95pct"] == fit - 1
+    assert no_eos["num_truncated"] == int(np.sum(counts > max_len))
+    assert truncation_stats(tokenizer, [], 8) == {
+        "num_texts": 0,
+        "num_truncated": 0,
+        "max_len_for_95pct": 0,
+    }
+
+
+def test_truncation_stats_95pct_boundary(tokenizer):
+    # 19 one-piece texts and one long one: 95% of 20 is 19 texts, so 2 tokens (piece + EOS).
+    short = tokenizer.token_counts(["a"])[0]
+    long_text = "a red ball right of the green tree next to the blue cube."
+    stats = truncation_stats(tokenizer, ["a"] * 19 + [long_text], 64)
+    assert stats == {"num_texts": 20, "num_truncated": 0, "max_len_for_95pct": short + 1}

@@ -4,11 +4,14 @@ import json
 import logging
 import os
 import pickle
+import threading
 
 import numpy as np
 import pytest
+from etils import epath
 from PIL import Image
 
+from data import user_pairs
 from data.user_pairs import UserPairsSource
 
 _COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -41,13 +44,27 @@ def folder(tmp_path):
     return root
 
 
+@pytest.fixture
+def decodes(monkeypatch) -> list:
+    """Records every image decode of data.user_pairs (the calls still go through)."""
+    calls = []
+    original = user_pairs.decode_rgb
+
+    def counting(data):
+        calls.append(len(data))
+        return original(data)
+
+    monkeypatch.setattr(user_pairs, "decode_rgb", counting)
+    return calls
+
+
 def test_folder_of_images_with_caption_files(folder):
     src = UserPairsSource(str(folder))
     assert len(src) == 3 and src.skipped == []
     for i, (name, rgb) in enumerate(_COLORS.items()):  # sorted path order
         assert src[i]["caption"] == f"a {name} square"
         _check_solid(src[i], rgb)
-    clone = pickle.loads(pickle.dumps(src))  # grain workers receive a pickled source
+    clone = pickle.loads(pickle.dumps(src))  # grain workers may receive a pickled source
     assert clone[1]["caption"] == "a green square"
 
 
@@ -79,41 +96,132 @@ def test_jsonl_with_image_root(tmp_path):
     assert [src[i]["caption"] for i in range(len(src))] == ["blue", "green"]
     _check_solid(src[0], _COLORS["blue"])
     # Without image_root, paths resolve against the JSONL's own folder, where they are absent.
-    with pytest.raises(ValueError, match="No usable image-caption pairs"):
-        UserPairsSource(str(jsonl))
+    with pytest.raises(ValueError, match=r"b\.png: missing image file"):
+        UserPairsSource(str(jsonl), strict=True)[0]
 
 
-def test_corrupt_image_is_skipped_and_counted_by_default(folder, caplog):
-    _write_garbage(str(folder / "a" / "broken.jpg"))
-    (folder / "a" / "broken.txt").write_text("a broken picture")
+def test_construction_reads_only_the_listing(folder, decodes, monkeypatch):
+    for i in range(20):
+        _write_image(str(folder / "c" / f"{i:02d}.png"), (i, i, i))
+        (folder / "c" / f"{i:02d}.txt").write_text(f"grey {i}")
+    # No per-image stat calls either: caption files are found from the folder listing.
+    path_cls = type(epath.Path(folder))
+    checked = []
+    for name in ("exists", "is_file", "stat"):
+        original = getattr(path_cls, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            checked.append(str(self))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(path_cls, name, spy)
+    src = UserPairsSource(str(folder))
+    assert len(src) == 23 and decodes == []
+    assert not [p for p in checked if p.endswith((".png", ".txt"))]
+    _check_solid(src[5], (2, 2, 2))  # a/0, a/1, b/2, then c/00 ...
+    assert len(decodes) == 1
+
+
+def test_corrupt_image_is_replaced_and_counted_at_read_time(folder, caplog):
+    _write_garbage(str(folder / "a" / "1_broken.png"))  # index 1, between red and green
+    (folder / "a" / "1_broken.txt").write_text("a broken picture")
     _write_image(str(folder / "b" / "uncaptioned.png"), (9, 9, 9))
     with caplog.at_level(logging.WARNING, logger="data.user_pairs"):
         src = UserPairsSource(str(folder))
-    assert len(src) == 3
-    assert all(ex["caption"] != "a broken picture" for ex in (src[i] for i in range(3)))
+    # The listing shows the missing caption; the broken image only shows when read.
+    assert len(src) == 4
+    assert [os.path.basename(p) for p, _ in src.skipped] == ["uncaptioned.png"]
+    assert "no caption file uncaptioned.txt" in src.skipped[0][1]
+    assert "Skipped 1 of 5" in caplog.text
+    bad = src[1]
+    assert bad["caption"] == "a green square"  # the next readable pair in index order
+    _check_solid(bad, _COLORS["green"])
+    assert src[1]["caption"] == bad["caption"]  # the same index always gives the same example
     reasons = dict((os.path.basename(p), r) for p, r in src.skipped)
-    assert set(reasons) == {"broken.jpg", "uncaptioned.png"}
-    assert reasons["broken.jpg"].startswith("unreadable image")
-    assert "no caption file" in reasons["uncaptioned.png"]
-    assert "Skipped 2 of 5" in caplog.text
+    assert set(reasons) == {"uncaptioned.png", "1_broken.png"}
+    assert reasons["1_broken.png"].startswith("unreadable image")
+    assert "1 unreadable image(s) so far" in caplog.text and "1_broken.png" in caplog.text
 
 
-def test_corrupt_image_raises_naming_the_file_in_strict_mode(folder):
-    _write_garbage(str(folder / "b" / "broken.png"))
-    (folder / "b" / "broken.txt").write_text("a broken picture")
-    with pytest.raises(ValueError, match=r"broken\.png: unreadable image"):
-        UserPairsSource(str(folder), strict=True)
+def test_replacement_wraps_around_and_strict_mode_raises(folder):
+    _write_garbage(str(folder / "b" / "3_broken.png"))  # the last index
+    (folder / "b" / "3_broken.txt").write_text("a broken picture")
+    src = UserPairsSource(str(folder))
+    assert src[3]["caption"] == "a red square"  # wraps to index 0
+    assert src[-1]["caption"] == "a red square"
+    with pytest.raises(IndexError):
+        src[4]
+    strict = UserPairsSource(str(folder), strict=True)
+    assert strict[0]["caption"] == "a red square"
+    with pytest.raises(ValueError, match=r"3_broken\.png: unreadable image"):
+        strict[3]
+
+
+def test_bad_images_warn_rate_limited_and_count_once_across_threads(tmp_path, caplog):
+    rows = ["image,caption"]
+    for i in range(12):
+        if i % 2:
+            _write_garbage(str(tmp_path / f"{i}.png"))  # 6 bad ones (odd indices)
+        else:
+            _write_image(str(tmp_path / f"{i}.png"), (i, 0, 0))
+        rows.append(f"{i}.png,picture {i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    src = UserPairsSource(str(tmp_path / "pairs.csv"))
+    out = {}
+
+    def read(thread):
+        for i in range(len(src)):
+            out[thread, i] = src[(i + 5 * thread) % len(src)]["caption"]
+
+    with caplog.at_level(logging.WARNING, logger="data.user_pairs"):
+        threads = [threading.Thread(target=read, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(out) == 48
+    assert sorted(os.path.basename(p) for p, _ in src.skipped) == sorted(
+        f"{i}.png" for i in range(1, 12, 2)
+    )
+    for (thread, i), caption in out.items():  # odd index k -> pair k + 1 (11 -> 0)
+        k = (i + 5 * thread) % 12
+        assert caption == f"picture {(k + k % 2) % 12}"
+    warnings = [r for r in caplog.records if "unreadable image(s) so far" in r.getMessage()]
+    assert [r.getMessage().split()[0] for r in warnings] == ["1", "2", "4"]  # not one per file
+    assert pickle.loads(pickle.dumps(src))[1]["caption"] == "picture 2"
 
 
 def test_missing_file_in_csv(tmp_path):
     _write_image(str(tmp_path / "ok.png"), _COLORS["red"])
     csv_path = tmp_path / "pairs.csv"
-    csv_path.write_text("image,caption\nok.png,red\nmissing.png,ghost\n")
+    csv_path.write_text("image,caption\nmissing.png,ghost\nok.png,red\n")
     src = UserPairsSource(str(csv_path))
-    assert len(src) == 1
+    assert len(src) == 2 and src[0]["caption"] == "red"
     assert src.skipped == [(str(tmp_path / "missing.png"), "missing image file")]
     with pytest.raises(ValueError, match=r"missing\.png: missing image file"):
+        UserPairsSource(str(csv_path), strict=True)[0]
+
+
+def test_listing_problems_are_found_at_construction(tmp_path):
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text('image,caption\nok.png,fine\n,no image\nquiet.png," "\n')
+    src = UserPairsSource(str(csv_path))
+    assert len(src) == 1
+    assert [r for _, r in src.skipped] == ["empty image path", "empty caption"]
+    with pytest.raises(ValueError, match="empty image path"):
         UserPairsSource(str(csv_path), strict=True)
+
+
+def test_captions_read_text_only(folder, monkeypatch):
+    def no_decode(*args, **kwargs):
+        raise AssertionError("captions() must not open images")
+
+    monkeypatch.setattr(user_pairs, "decode_rgb", no_decode)
+    monkeypatch.setattr(Image, "open", no_decode)
+    src = UserPairsSource(str(folder))
+    assert src.captions() == ["a red square", "a green square", "a blue square"]
+    assert src.captions(2) == ["a red square", "a green square"]
+    assert src.select(1, None).captions(5) == ["a green square", "a blue square"]
 
 
 def test_alpha_and_grayscale_become_rgb(tmp_path):
@@ -145,3 +253,23 @@ def test_bad_listings_give_clear_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="No usable"):
         UserPairsSource(str(empty))
+
+
+def test_csv_and_images_on_gcs(gcs, tmp_path):
+    local = tmp_path / "img"
+    for name, rgb in _COLORS.items():
+        _write_image(str(local / f"{name}.png"), rgb)
+        (gcs / "img" / f"{name}.png").parent.mkdir(parents=True, exist_ok=True)
+        (gcs / "img" / f"{name}.png").write_bytes((local / f"{name}.png").read_bytes())
+        (gcs / "img" / f"{name}.txt").write_text(f"a {name} square")
+    (gcs / "pairs.csv").write_text(
+        "image,caption\nimg/red.png,red\nimg/missing.png,ghost\nimg/blue.png,blue\n"
+    )
+    src = UserPairsSource(str(gcs / "pairs.csv"))
+    assert len(src) == 3 and str(src.path) == str(gcs / "pairs.csv")
+    _check_solid(src[0], _COLORS["red"])
+    assert src[1]["caption"] == "blue"  # the missing image, replaced
+    assert src.skipped == [(str(gcs / "img" / "missing.png"), "missing image file")]
+    folder = UserPairsSource(str(gcs / "img"))
+    assert folder.captions() == ["a blue square", "a green square", "a red square"]
+    _check_solid(folder[1], _COLORS["green"])
