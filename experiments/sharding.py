@@ -7,17 +7,21 @@ patches, latents`). The config maps those to the mesh axes `data`, `fsdp`,
     config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))   # one -1 at most
     config.sharding_rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...)
     config.mesh_dcn = (("data", 2),)   # optional: multi-slice / multi-host level
+    config.sharding_strict = True      # fail, don't replicate, where an axis does not divide
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils  # create_hybrid_device_mesh: see hybrid_device_grid
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -75,10 +79,14 @@ def make_mesh(
     dcn_axes: Sequence[tuple[str, int]] = (),
     devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-    """Builds a mesh over all `MESH_AXES` (missing ones get size 1), Auto axis types.
+    """Builds a topology-aware mesh over all `MESH_AXES` (missing ones get size 1).
 
-    `dcn_axes` multiplies the listed axes across slices/hosts (data-centre network
-    level), leaving `axes` for the fast interconnect inside each slice.
+    `dcn_axes` multiplies the listed axes across slices (TPU) or processes (elsewhere), the
+    data-centre network level, leaving `axes` for the fast interconnect inside each. Every
+    axis is `AxisType.Auto`: Linen's logical constraints reject Explicit axes.
+
+    Raises:
+      ShardingError: the sizes do not fit the devices or their physical topology.
     """
     devices = list(jax.devices() if devices is None else devices)
     dcn = {name: int(size) for name, size in dcn_axes}
@@ -86,17 +94,47 @@ def make_mesh(
     if len(devices) % num_slices:
         raise ShardingError(f"config.mesh_dcn {dcn_axes} does not divide {len(devices)} devices.")
     ici = mesh_shape(axes, len(devices) // num_slices)
-    ici_shape = [ici.get(name, 1) for name in MESH_AXES]
+    ici_shape = tuple(ici.get(name, 1) for name in MESH_AXES)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
     if num_slices > 1:
-        dcn_shape = [dcn.get(name, 1) for name in MESH_AXES]
-        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
-    else:
-        try:
-            grid = mesh_utils.create_device_mesh(ici_shape, devices)
-        except (ValueError, AssertionError, NotImplementedError):
-            # CPU and odd topologies: a plain reshape is fine.
-            grid = np.asarray(devices).reshape(ici_shape)
-    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+        dcn_shape = tuple(dcn.get(name, 1) for name in MESH_AXES)
+        grid = hybrid_device_grid(ici_shape, dcn_shape, devices)
+        return Mesh(grid, MESH_AXES, axis_types=axis_types)
+    if devices[0].platform == "cpu":
+        # No interconnect to follow: jax lays CPU devices out in the given order.
+        logging.info("CPU devices have no topology: mesh %s is a plain reshape.", ici)
+    try:
+        return jax.make_mesh(ici_shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    except (ValueError, AssertionError, NotImplementedError) as e:
+        # No silent reshape here: it would lose the topology and run collectives slowly.
+        raise ShardingError(
+            f"config.mesh {ici} does not fit the physical topology of the {len(devices)} "
+            f"{devices[0].device_kind} devices: {e}. Choose axis sizes that tile the chip "
+            "grid, and put axes that span slices in config.mesh_dcn."
+        ) from e
+
+
+def hybrid_device_grid(
+    ici_shape: Sequence[int], dcn_shape: Sequence[int], devices: Sequence[jax.Device]
+) -> np.ndarray:
+    """[*ici_shape * dcn_shape] devices: each slice (or process) one block along the DCN axes.
+
+    The DCN units are TPU slices; on CPU and GPU, whose devices name no slice that the
+    network follows, they are processes (hosts).
+    """
+    by_process = devices[0].platform != "tpu"
+    try:
+        # jax 0.10 has no non-experimental hybrid mesh (jax.make_mesh rejects multi-slice).
+        return mesh_utils.create_hybrid_device_mesh(
+            ici_shape, dcn_shape, devices, process_is_granule=by_process
+        )
+    except ValueError as e:
+        unit = "processes" if by_process else "slices"
+        raise ShardingError(
+            f"config.mesh_dcn {dict(zip(MESH_AXES, dcn_shape, strict=True))} needs "
+            f"{math.prod(dcn_shape)} {unit} of {math.prod(ici_shape)} devices each: {e}. "
+            "Change config.mesh_dcn or config.mesh."
+        ) from e
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -128,13 +166,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
 
 
+def _names(entry) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry (None, "fsdp" or ("data", "fsdp"))."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def _padded(spec: PartitionSpec, ndim: int) -> tuple:
+    """`spec`'s entries, one per dimension (a spec may name fewer than `ndim`)."""
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
 def _fit_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
     """Drops mesh axes that do not divide their dimension (replicate instead of failing)."""
     fitted = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    for dim, entry in zip(shape, _padded(spec, len(shape)), strict=True):
         kept, prod = [], 1
-        for name in names:
+        for name in _names(entry):
             if dim % (prod * mesh.shape[name]) == 0:
                 kept.append(name)
                 prod *= mesh.shape[name]
@@ -142,19 +189,84 @@ def _fit_spec(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> Partitio
     return PartitionSpec(*fitted)
 
 
-def logical_shardings(abstract_variables, mesh: Mesh, rules) -> object:
+@dataclasses.dataclass(frozen=True)
+class DroppedAxes:
+    """A parameter that the rules shard over mesh axes which do not divide its dimensions."""
+
+    path: str  # "img/encoder/block_0/attn/query/kernel"
+    shape: tuple[int, ...]
+    logical: PartitionSpec  # the model's logical names, e.g. P("embed", "heads", "kv")
+    wanted: PartitionSpec  # what the rules map them to, e.g. P("fsdp", "tensor", None)
+    kept: PartitionSpec  # what divides and is used, e.g. P("fsdp", None, None)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path} {list(self.shape)} {self.logical}: wanted {self.wanted}, kept {self.kept}"
+        )
+
+
+def _fitted_specs(abstract_variables, mesh: Mesh, rules) -> tuple[Any, list[DroppedAxes]]:
+    """(tree of fitted mesh PartitionSpecs matching the unboxed variables, what was dropped)."""
+    logical = nn.get_partition_spec(abstract_variables)
+    wanted = nn.logical_to_mesh_sharding(logical, mesh, rules)
+    dropped: list[DroppedAxes] = []
+
+    def fit(path, leaf, names: PartitionSpec, sharding: NamedSharding) -> PartitionSpec:
+        kept = _fit_spec(leaf.shape, sharding.spec, mesh)
+        if [_names(e) for e in kept] != [_names(e) for e in _padded(sharding.spec, leaf.ndim)]:
+            key = jax.tree_util.keystr(path, simple=True, separator="/")
+            dropped.append(DroppedAxes(key, tuple(leaf.shape), names, sharding.spec, kept))
+        return kept
+
+    specs = jax.tree.map_with_path(fit, strip_boxes(abstract_variables), logical, wanted)
+    return specs, dropped
+
+
+def unsharded_report(abstract_variables, mesh: Mesh, rules) -> list[DroppedAxes]:
+    """Parameters whose rule-given mesh axes do not divide their dimensions (in tree order).
+
+    Those dimensions are replicated instead (e.g. 12 heads on tensor=8 turn tensor
+    parallelism off for that kernel). Dimensions the rules map to no mesh axis are
+    replicated by design and not reported.
+    """
+    return _fitted_specs(abstract_variables, mesh, rules)[1]
+
+
+def format_report(dropped: Sequence[DroppedAxes], mesh: Mesh, limit: int = 20) -> str:
+    """A header and one line per parameter (at most `limit`, then a count of the rest)."""
+    lines = [
+        f"{len(dropped)} parameter(s) cannot be sharded as config.sharding_rules ask on mesh "
+        f"{dict(mesh.shape)}; the dimensions an axis does not divide are replicated:"
+    ]
+    lines += [f"  {d}" for d in dropped[:limit]]
+    if len(dropped) > limit:
+        lines.append(f"  ... and {len(dropped) - limit} more.")
+    return "\n".join(lines)
+
+
+def logical_shardings(
+    abstract_variables, mesh: Mesh, rules, *, strict: bool = False, report: bool = True
+) -> Any:
     """Mesh shardings for a tree of boxed (logically partitioned) abstract variables.
 
     Returns a tree matching the *unboxed* variables. Unannotated leaves are replicated.
+    Mesh axes that do not divide a dimension are dropped for it (see `unsharded_report`):
+    logged as one warning unless `report=False` (e.g. for optimizer state that repeats
+    the params' layout), or under `strict` an error.
+
+    Raises:
+      ShardingError: `strict` and some parameter lost a mesh axis.
     """
-    specs = nn.get_partition_spec(abstract_variables)
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    unboxed = strip_boxes(abstract_variables)
-    return jax.tree.map(
-        lambda leaf, sh: NamedSharding(mesh, _fit_spec(leaf.shape, sh.spec, mesh)),
-        unboxed,
-        shardings,
-    )
+    specs, dropped = _fitted_specs(abstract_variables, mesh, rules)
+    if dropped and strict:
+        raise ShardingError(
+            f"{format_report(dropped, mesh)}\nChange config.mesh so each axis size divides "
+            "those dimensions, or map their logical axes to other mesh axes (or None) in "
+            "config.sharding_rules."
+        )
+    if dropped and report:
+        logging.warning("%s", format_report(dropped, mesh))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
 
 def strip_boxes(tree):

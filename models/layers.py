@@ -39,6 +39,25 @@ class LayerNorm(nn.LayerNorm):
     bias_init: Callable = part(nn.initializers.zeros, ("embed",))
 
 
+class Embed(nn.Embed):
+    """`nn.Embed` whose table is gathered along "embed" before the lookup. [...] int -> [..., D].
+
+    FSDP stores the table ("vocab", "embed") with its embed dim sharded. Looking rows up in
+    it directly leaves the gradient's scatter-add to reshard the batch-sharded [B, L, D]
+    updates to that embed sharding, which XLA can only do by "involuntary full
+    rematerialization" (replicate, then slice) on data x fsdp meshes. Gathering the table
+    first, as FSDP does for every weight, keeps the lookup and its scatter-add local to each
+    batch shard, followed by one reduction; a "vocab" (tensor) sharding is kept.
+    """
+
+    def __call__(self, inputs: Array) -> Array:
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError(f"Embed needs integer inputs, got {inputs.dtype}.")
+        table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+        (table,) = self.promote_dtype(table, dtype=self.dtype, inexact=False)
+        return jnp.take(table, inputs, axis=0)
+
+
 def activation_fn(name: str) -> Callable[[Array], Array]:
     """'gelu' (exact erf, = torch GELU), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP)."""
     if name == "gelu":

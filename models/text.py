@@ -18,15 +18,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import layers
-from models.variants import decode_variant
+from models import layers, tower
 
 Array = jax.Array
 
 POOL_TYPES = ("eos", "first", "last", "mean", "map")
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(tower.Tower):
     """Token ids [B, L] -> ([B, num_classes or D], aux).
 
     Tokens equal to `pad_id` are masked out of attention keys and of mean/MAP pooling.
@@ -36,40 +35,16 @@ class TextTransformer(nn.Module):
     `variant` ("B", "mu", ...) overrides width/depth/mlp_dim/num_heads.
     """
 
-    variant: str | None = None
-    vocab_size: int = 32000
     width: int = 512
     depth: int = 12
     mlp_dim: int = 2048
     num_heads: int = 8
+    vocab_size: int = 32000
     max_len: int = 64
     causal: bool = True
     pool_type: str = "eos"
     pad_id: int = 0
     eos_id: int | None = None
-    activation: str = "gelu"
-    norm_eps: float = 1e-6
-    num_classes: int | None = None
-    head_bias: bool = True
-    head_zeroinit: bool = False
-    final_norm: bool = True
-    dropout: float = 0.0
-    scan: bool = False
-    remat: bool = False
-    dtype: Any = jnp.float32
-    attn_implementation: str | None = None
-
-    def config(self) -> dict[str, int]:
-        """The effective width/depth/mlp_dim/num_heads after decoding `variant`."""
-        cfg = {
-            "width": self.width,
-            "depth": self.depth,
-            "mlp_dim": self.mlp_dim,
-            "num_heads": self.num_heads,
-        }
-        if self.variant is not None:
-            cfg.update({k: v for k, v in decode_variant(self.variant).items() if k in cfg})
-        return cfg
 
     @nn.compact
     def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Any]]:
@@ -91,7 +66,7 @@ class TextTransformer(nn.Module):
             )
         valid = tokens != self.pad_id  # [B, L]
 
-        x = nn.Embed(
+        x = layers.Embed(
             self.vocab_size,
             width,
             dtype=self.dtype,
@@ -107,21 +82,7 @@ class TextTransformer(nn.Module):
         x = layers.constrain(x, ("batch", "length", "embed"))
         x = nn.Dropout(self.dropout)(x, not train)
 
-        x, aux = layers.Encoder(
-            depth=cfg["depth"],
-            num_heads=cfg["num_heads"],
-            mlp_dim=cfg["mlp_dim"],
-            activation=self.activation,
-            dropout=self.dropout,
-            causal=self.causal,
-            scan=self.scan,
-            remat=self.remat,
-            final_norm=self.final_norm,
-            norm_eps=self.norm_eps,
-            attn_implementation=self.attn_implementation,
-            dtype=self.dtype,
-            name="encoder",
-        )(x, valid[:, None, None, :], train=train)
+        x, aux = self._encoder(cfg, causal=self.causal)(x, valid[:, None, None, :], train=train)
         aux["tokens"] = x
 
         if self.pool_type == "first":
@@ -130,24 +91,14 @@ class TextTransformer(nn.Module):
             weights = valid.astype(x.dtype)[..., None]
             x = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
         elif self.pool_type == "map":
-            x = layers.MAPHead(
-                num_heads=cfg["num_heads"],
-                mlp_dim=cfg["mlp_dim"],
-                activation=self.activation,
-                norm_eps=self.norm_eps,
-                attn_implementation=self.attn_implementation,
-                dtype=self.dtype,
-                name="map_head",
-            )(x, valid)
+            x = self._map_head(cfg)(x, valid)
         else:
             x = jnp.take_along_axis(x, self._pool_index(tokens, valid)[:, None, None], axis=1)
             x = x[:, 0]
         aux["pre_logits"] = x
 
         if self.num_classes is not None:
-            x = layers.dense_head(
-                self.num_classes, self.head_bias, self.head_zeroinit, self.dtype, name="head"
-            )(x)
+            x = self._head()(x)
         return x, aux
 
     def _pool_index(self, tokens: Array, valid: Array) -> Array:

@@ -14,15 +14,14 @@ Parameter tree: "embedding" (patch conv), "cls", "pos_embedding", "ln_pre", "enc
 (see layers.Encoder), "map_head", "head".
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import layers
-from models.variants import decode_variant
+from models import layers, tower
 
 Array = jax.Array
 
@@ -30,15 +29,13 @@ POOL_TYPES = ("cls", "gap", "map", "none")
 POSEMB_TYPES = ("learn", "sincos2d")
 
 
-class ViT(nn.Module):
+class ViT(tower.Tower):
     """ViT. [B, H, W, 3] -> ([B, num_classes or D], aux).
 
     `variant` ("B/16", "mu/8", ...) overrides width/depth/mlp_dim/num_heads and, when it
-    names one, patch_size. `num_classes` adds a Dense "head" (classifier or projection;
-    `head_zeroinit=True` for a classifier trained from scratch, as in big_vision).
+    names one, patch_size. Encoder, "map_head" and "head" options: see `tower.Tower`.
     """
 
-    variant: str | None = None
     width: int = 768
     depth: int = 12
     mlp_dim: int = 3072
@@ -47,31 +44,9 @@ class ViT(nn.Module):
     posemb: str = "learn"
     pool_type: str = "cls"
     ln_pre: bool = False
-    final_norm: bool = True
     patch_bias: bool = True
-    num_classes: int | None = None
-    head_bias: bool = True
-    head_zeroinit: bool = False
-    activation: str = "gelu"
-    norm_eps: float = 1e-6
-    dropout: float = 0.0
-    scan: bool = False
-    remat: bool = False
-    dtype: Any = jnp.float32
-    attn_implementation: str | None = None
 
-    def config(self) -> dict[str, int]:
-        """The effective width/depth/mlp_dim/num_heads/patch_size after decoding `variant`."""
-        cfg = {
-            "width": self.width,
-            "depth": self.depth,
-            "mlp_dim": self.mlp_dim,
-            "num_heads": self.num_heads,
-            "patch_size": self.patch_size,
-        }
-        if self.variant is not None:
-            cfg.update(decode_variant(self.variant))
-        return cfg
+    size_fields: ClassVar[tuple[str, ...]] = (*tower.Tower.size_fields, "patch_size")
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> tuple[Array, dict[str, Any]]:
@@ -119,20 +94,7 @@ class ViT(nn.Module):
         if self.ln_pre:
             x = layers.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_pre")(x)
 
-        x, enc_aux = layers.Encoder(
-            depth=cfg["depth"],
-            num_heads=cfg["num_heads"],
-            mlp_dim=cfg["mlp_dim"],
-            activation=self.activation,
-            dropout=self.dropout,
-            scan=self.scan,
-            remat=self.remat,
-            final_norm=self.final_norm,
-            norm_eps=self.norm_eps,
-            attn_implementation=self.attn_implementation,
-            dtype=self.dtype,
-            name="encoder",
-        )(x, train=train)
+        x, enc_aux = self._encoder(cfg)(x, train=train)
         aux.update(enc_aux)
         aux["tokens"] = x[:, num_prefix:]
 
@@ -141,21 +103,11 @@ class ViT(nn.Module):
         elif self.pool_type == "gap":
             x = jnp.mean(x, axis=1)
         elif self.pool_type == "map":
-            x = layers.MAPHead(
-                num_heads=cfg["num_heads"],
-                mlp_dim=cfg["mlp_dim"],
-                activation=self.activation,
-                norm_eps=self.norm_eps,
-                attn_implementation=self.attn_implementation,
-                dtype=self.dtype,
-                name="map_head",
-            )(x)
+            x = self._map_head(cfg)(x)
         aux["pre_logits"] = x
 
         if self.num_classes is not None:
-            x = layers.dense_head(
-                self.num_classes, self.head_bias, self.head_zeroinit, self.dtype, name="head"
-            )(x)
+            x = self._head()(x)
         return x, aux
 
     def _position_embedding(self, gh: int, gw: int, width: int, num_prefix: int) -> Array:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from jax.sharding import AxisType
 
 from models import layers
@@ -77,6 +78,32 @@ def normal(seed, *shape):
 
 def qkv(seed, b=2, t=5, s=5, h=2, d=8):
     return normal(seed, b, t, h, d), normal(seed + 1, b, s, h, d), normal(seed + 2, b, s, h, d)
+
+
+def _names(prefix: str, modules: tuple[str, ...], weights: tuple[str, ...]) -> set[str]:
+    return {f"{prefix}/{m}/{w}" for m in modules for w in weights}
+
+
+def block_param_names(prefix: str) -> set[str]:
+    """Parameter paths of one `EncoderBlock` (or the attention + MLP of a MAPHead)."""
+    return (
+        _names(f"{prefix}/attn", ("query", "key", "value", "out"), ("kernel", "bias"))
+        | _names(f"{prefix}/mlp", ("fc1", "fc2"), ("kernel", "bias"))
+        | _names(prefix, ("ln_1", "ln_2"), ("scale", "bias"))
+    )
+
+
+def map_head_param_names(prefix: str = "map_head") -> set[str]:
+    """Parameter paths of a `MAPHead`: one LayerNorm "ln" instead of a block's two."""
+    names = block_param_names(prefix) - _names(prefix, ("ln_1", "ln_2"), ("scale", "bias"))
+    return names | _names(prefix, ("ln",), ("scale", "bias")) | {f"{prefix}/probe"}
+
+
+def param_names(model, *args) -> set[str]:
+    """Paths ("encoder/block_0/mlp/fc1/kernel") of the model's parameters, as checkpoints and
+    exports address them."""
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))
+    return set(traverse_util.flatten_dict(abstract["params"], sep="/"))
 
 
 @pytest.mark.parametrize(
@@ -298,3 +325,19 @@ def test_map_head_pools_and_ignores_masked_tokens():
     noisy[:, 3:] = 100.0
     np.testing.assert_allclose(apply(variables, noisy, valid), pooled, atol=1e-6)
     np.testing.assert_allclose(apply(variables, x[:, :3]), pooled, atol=1e-5)
+
+
+def test_embed_matches_flax_embed_and_keeps_its_parameter():
+    ids = np.array([[1, 4, 0], [2, 2, 5]], np.int32)
+    init = layers.part(nn.initializers.normal(1.0), ("vocab", "embed"))
+    ours, theirs = (cls(6, 4, embedding_init=init) for cls in (layers.Embed, nn.Embed))
+    variables = random_params(ours, ids)
+    assert jax.tree.structure(variables) == jax.tree.structure(random_params(theirs, ids))
+    out = jax.jit(ours.apply)(variables, ids)
+    assert out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, jax.jit(theirs.apply)(variables, ids))
+    np.testing.assert_array_equal(out[1, 0], variables["params"]["embedding"][2])
+    half = ours.clone(dtype=jnp.bfloat16).apply(variables, ids)
+    assert half.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="integer"):
+        ours.apply(variables, ids.astype(np.float32))

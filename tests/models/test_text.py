@@ -7,6 +7,9 @@ import pytest
 from models import text
 from tests.models.test_layers import (
     assert_logically_partitioned,
+    block_param_names,
+    map_head_param_names,
+    param_names,
     random_params,
     sharded_vs_single,
 )
@@ -66,6 +69,16 @@ def test_shapes_axes_and_padding_invariance(pool_type):
     elif pool_type == "mean":
         expected = [tokens[0, :5].mean(0), tokens[1].mean(0)]
         np.testing.assert_allclose(aux["pre_logits"], expected, atol=1e-5)
+
+
+def test_parameter_names_are_stable():
+    model = make_model(pool_type="map", causal=False, num_classes=6)
+    assert param_names(model, TOKENS) == (
+        {"token_embedding/embedding", "pos_embedding", "head/kernel", "head/bias"}
+        | {"encoder/encoder_norm/scale", "encoder/encoder_norm/bias"}
+        | block_param_names("encoder/block_0")
+        | map_head_param_names()
+    )
 
 
 def test_eos_pooling_picks_first_eos_else_last_token():

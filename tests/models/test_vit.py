@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import models
-from models import layers, text, vit
+from models import vit
 from models.variants import decode_variant
 from tests.models.test_layers import (
     assert_logically_partitioned,
+    block_param_names,
+    map_head_param_names,
+    param_names,
     random_params,
     sharded_vs_single,
 )
@@ -57,15 +59,6 @@ def test_decode_variant():
         decode_variant("B/x")
 
 
-def test_registry():
-    assert models.get_model_class("vit") is vit.ViT
-    assert models.get_model_class("text") is text.TextTransformer
-    assert models.get_model_class("layers.MAPHead") is layers.MAPHead
-    for bad in ("nope", "nope.ViT", "vit.Nope", "layers.sincos_2d"):
-        with pytest.raises(ValueError, match="model"):
-            models.get_model_class(bad)
-
-
 @pytest.mark.parametrize(
     "pool_type,posemb",
     [
@@ -96,6 +89,19 @@ def test_shapes_and_logical_axes(pool_type, posemb):
     head = variables["params"]["head"]
     np.testing.assert_allclose(
         out, aux["pre_logits"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_parameter_names_are_stable():
+    model = vit.ViT(variant="mu/8", pool_type="map", num_classes=4)
+    stem = {"embedding/kernel", "embedding/bias", "pos_embedding"}
+    top = {"encoder/encoder_norm/scale", "encoder/encoder_norm/bias", "head/kernel", "head/bias"}
+    assert param_names(model, IMAGES) == (
+        stem | top | block_param_names("encoder/block_0") | map_head_param_names()
+    )
+    clip = model.clone(pool_type="cls", ln_pre=True, scan=True)
+    assert param_names(clip, IMAGES) == (
+        stem | top | block_param_names("encoder/blocks") | {"cls", "ln_pre/scale", "ln_pre/bias"}
     )
 
 
