@@ -60,10 +60,10 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     )
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         batch = sharding.to_global_batch(local, s.mesh)
+        state = s.fresh_state()
         t0 = time.perf_counter()
-        compiled = s.step_fn.lower(s.state, batch).compile()
+        compiled = s.step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
-        state = s.state
         for _ in range(warmup):
             state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
@@ -75,8 +75,8 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     n_dev = jax.device_count()
-    peak = flops.peak_flops_per_device(config.get("peak_flops_per_device"))
-    per_dev = s.flops_per_step / step_s / n_dev
+    peak = flops.effective_peak(s.flops_by_dtype, config.get("peak_flops_per_device"))
+    figures = flops.throughput(s.flops_per_step, step_s, config.batch_size, n_dev, peak)
     mem = compiled.memory_analysis()
     device_bytes = None
     if mem is not None:
@@ -93,11 +93,12 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
         "compile_s": round(compile_s, 3),
         "step_s": round(step_s, 4),
         "step_s_min": round(min(times), 4),
-        "examples_per_s": round(config.batch_size / step_s, 2),
+        "examples_per_s": round(figures["examples_per_sec"], 2),
         "flops_per_step": s.flops_per_step,
-        "tflops_per_device": round(per_dev / 1e12, 4),
+        "matmul_dtypes": sorted(s.flops_by_dtype),
+        "tflops_per_device": round(figures["tflops_per_device"], 4),
         "peak_tflops_per_device": round(peak / 1e12, 4) if peak else None,
-        "mfu": round(per_dev / peak, 4) if peak else None,
+        "mfu": round(figures["mfu"], 4) if peak else None,
         "step_memory_bytes_per_device": device_bytes,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "loss": float(metrics["loss"]),

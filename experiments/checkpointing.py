@@ -3,10 +3,12 @@
 Layout under `<workdir>/checkpoints/<step>/`:
   state/  {"step", "params", "opt_state"} (sharded arrays; restorable onto any mesh)
   data/   JSON {"iterator": <input pipeline state>}
-  meta/   JSON {"format_version", "objective", "params": {path: [shape, dtype]}}
+  meta/   JSON (see `run_meta.make_meta`): format version, objective, parameter signature,
+          model config, tokenizer identity, data shapes and the resolved run config
 
 orbax writes each step into a temporary folder and renames it when complete, so a
 killed run never leaves a half-written checkpoint that a resume would pick up.
+Metadata written by an older format is brought up to date by `run_meta.upgrade_meta`.
 """
 
 from __future__ import annotations
@@ -20,55 +22,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-FORMAT_VERSION = 1
+from experiments import run_meta
+
 CHECKPOINT_SUBDIR = "checkpoints"
-
-
-class CheckpointMismatchError(ValueError):
-    """The workdir holds a checkpoint of a different model or format."""
-
-
-def param_signature(params) -> dict[str, list]:
-    """{"img/embedding/kernel": [[16, 16, 3, 32], "float32"], ...} for a params tree."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {
-        jax.tree_util.keystr(p, simple=True, separator="/"): [list(x.shape), str(np.dtype(x.dtype))]
-        for p, x in leaves
-    }
-
-
-def make_meta(objective: str, params) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "objective": objective,
-        "params": param_signature(params),
-    }
-
-
-def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
-    """Raises CheckpointMismatchError naming the differences between two metas."""
-    problems = []
-    if saved.get("format_version") != current["format_version"]:
-        problems.append(
-            f"format_version {saved.get('format_version')} != {current['format_version']}"
-        )
-    if saved.get("objective") != current["objective"]:
-        problems.append(f"objective {saved.get('objective')!r} != {current['objective']!r}")
-    old, new = saved.get("params", {}), current["params"]
-    missing = sorted(set(new) - set(old))
-    extra = sorted(set(old) - set(new))
-    changed = sorted(k for k in set(old) & set(new) if list(old[k]) != list(new[k]))
-    if missing:
-        problems.append(f"{len(missing)} parameters not in the checkpoint, e.g. {missing[:3]}")
-    if extra:
-        problems.append(f"{len(extra)} checkpoint parameters not in the model, e.g. {extra[:3]}")
-    for k in changed[:3]:
-        problems.append(f"{k}: checkpoint {old[k]} vs model {new[k]}")
-    if problems:
-        raise CheckpointMismatchError(
-            f"{where} holds a checkpoint of another model: " + "; ".join(problems) + ". "
-            "Use a fresh --workdir (or delete the old one) to start this model."
-        )
+CheckpointMismatchError = run_meta.CheckpointMismatchError
 
 
 def resolve(path: str) -> str:
@@ -76,11 +33,11 @@ def resolve(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def checkpoint_dir(path: str) -> str:
+def checkpoint_dir(path: str) -> epath.Path:
     """Accepts a workdir or its checkpoints/ folder."""
-    path = resolve(path)
-    sub = epath.Path(path) / CHECKPOINT_SUBDIR
-    return str(sub) if sub.is_dir() else path
+    path = epath.Path(resolve(path))
+    sub = path / CHECKPOINT_SUBDIR
+    return sub if sub.is_dir() else path
 
 
 def latest_step(workdir: str) -> int | None:
@@ -90,6 +47,47 @@ def latest_step(workdir: str) -> int | None:
         return None
     steps = ocp.utils.checkpoint_steps(directory)
     return max(steps) if steps else None
+
+
+def _read_only_manager(directory: epath.Path, **item_handlers) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers=item_handlers or None,
+    )
+
+
+def _resolve_step(manager: ocp.CheckpointManager, directory, step: int | None) -> int:
+    available = sorted(manager.all_steps())
+    step = max(available) if step is None and available else step
+    if step is None or step not in available:
+        raise FileNotFoundError(
+            f"No checkpoint step {step if step is not None else '(any)'} in {directory}; "
+            f"available: {available}."
+        )
+    return step
+
+
+def _require_dir(directory: epath.Path) -> None:
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint folder at {directory}. Point at the workdir of a run that saved a "
+            "checkpoint (it holds checkpoints/<step>/)."
+        )
+
+
+def read_meta(path: str, step: int | None = None) -> tuple[dict, int]:
+    """(metadata upgraded to the current format, step) of a workdir's checkpoint.
+
+    Reads only the small JSON item: nothing is restored or compiled.
+    """
+    directory = checkpoint_dir(path)
+    _require_dir(directory)
+    manager = _read_only_manager(directory, meta=ocp.JsonCheckpointHandler())
+    step = _resolve_step(manager, directory, step)
+    raw = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    manager.close()
+    return run_meta.upgrade_meta(dict(raw["meta"]), f"{directory}/{step}"), step
 
 
 class Checkpointer:
@@ -110,10 +108,6 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
-
-    def read_meta(self, step: int) -> dict:
-        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(out["meta"])
 
     def save(self, step: int, state, data_state: str | None, meta: dict) -> bool:
         args = ocp.args.Composite(
@@ -144,35 +138,62 @@ class Checkpointer:
         self.manager.close()
 
 
+def _params_metadata(path: str, step: int | None) -> tuple[Any, int]:
+    """orbax's array metadata (shape, dtype) of a checkpoint's params: nothing is read."""
+    directory = checkpoint_dir(path)
+    _require_dir(directory)
+    manager = _read_only_manager(directory, state=ocp.StandardCheckpointHandler())
+    step = _resolve_step(manager, directory, step)
+    tree = manager.item_metadata(step)["state"]["params"]
+    manager.close()
+    return tree, step
+
+
+def saved_param_signature(path: str, step: int | None = None) -> tuple[dict, int]:
+    """{param path: [shape, dtype]} of a checkpoint, from its metadata only."""
+    tree, step = _params_metadata(path, step)
+    return run_meta.param_signature(tree), step
+
+
+def load_param_subtrees(
+    path: str, step: int | None, targets: Mapping[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """Reads only `params/<name>` for each name in `targets`, directly into their shardings.
+
+    `targets[name]` is a tree of jax.ShapeDtypeStruct (with `sharding`) shaped like the
+    saved subtree; the optimizer state and the other parameters are never read.
+    """
+    directory = checkpoint_dir(path)
+    _require_dir(directory)
+    manager = _read_only_manager(directory, state=ocp.PyTreeCheckpointHandler())
+    step = _resolve_step(manager, directory, step)
+    item = {"params": dict(targets)}
+    out = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            )
+        ),
+    )
+    manager.close()
+    params = out["state"]["params"]
+    return {name: params[name] for name in targets}, step
+
+
 def load_params(path: str, step: int | None = None) -> tuple[dict, int]:
-    """Loads the params of a checkpoint as host numpy arrays (for LiT-style init).
+    """Loads all params of a checkpoint as host numpy arrays (tests, export).
 
     `path` is a workdir or its checkpoints/ folder; `step` defaults to the latest.
     """
-    directory = checkpoint_dir(path)
-    if not epath.Path(directory).is_dir():
-        raise FileNotFoundError(
-            f"No checkpoint folder at {directory}. Point config.init.checkpoint at the workdir "
-            "of a finished run (it holds checkpoints/<step>/)."
-        )
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(
-            f"No checkpoint step {step if step is not None else '(any)'} in {directory}; "
-            f"available: {sorted(manager.all_steps())}."
-        )
+    tree, step = _params_metadata(path, step)
     # An explicit single-device target: the saved shardings may name devices of another
     # topology (a pod, or several processes) that this process cannot address.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step)["state"],
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(tree)
     )
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    manager.close()
-    return jax.tree.map(np.asarray, out["state"]["params"]), step
+    params, step = load_param_subtrees(path, step, abstract)
+    return jax.tree.map(np.asarray, params), step

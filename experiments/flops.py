@@ -7,6 +7,7 @@ the model needs, not what the hardware did.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -71,17 +72,12 @@ def measure_matmul_peak(dtype: jnp.dtype = jnp.float32, n: int = 2048, repeats: 
     return 2.0 * n**3 / best
 
 
-def tflops_per_device(flops_per_step: float, step_time_s: float, num_devices: int) -> float:
-    """Achieved model TFLOP/s per device."""
-    return flops_per_step / step_time_s / num_devices / 1e12
-
-
 def mfu(
     flops_per_step: float, step_time_s: float, num_devices: int, peak_per_device: float
 ) -> float:
     """Model FLOPs utilisation in [0, 1]: achieved FLOP/s over `num_devices * peak_per_device`.
 
-    `flops_per_step` is the whole global batch's training FLOPs (see `train_flops`).
+    `flops_per_step` is the whole global batch's training FLOPs.
     """
     if step_time_s <= 0 or num_devices <= 0 or peak_per_device <= 0:
         raise ValueError(
@@ -91,14 +87,53 @@ def mfu(
     return flops_per_step / step_time_s / (num_devices * peak_per_device)
 
 
+def throughput(
+    flops_per_step: float,
+    step_time_s: float,
+    batch_size: int,
+    num_devices: int,
+    peak_per_device: float | None,
+) -> dict[str, float]:
+    """The figures every train log line and the benchmark report for one step time."""
+    out = {
+        "step_time_s": step_time_s,
+        "examples_per_sec": batch_size / step_time_s,
+        "tflops_per_device": flops_per_step / step_time_s / num_devices / 1e12,
+    }
+    if peak_per_device:
+        out["mfu"] = mfu(flops_per_step, step_time_s, num_devices, peak_per_device)
+    return out
+
+
+@functools.cache
+def _measured_cpu_peak(dtype: str) -> float:
+    # Forced host devices (tests, --xla_force_host_platform_device_count) share the cores.
+    return measure_matmul_peak(jnp.dtype(dtype), n=2048, repeats=5) / jax.local_device_count()
+
+
 def peak_flops_per_device(override: float | None = None, dtype: str = "float32") -> float | None:
-    """The per-device peak for MFU: `override` if given, the datasheet table for known
-    accelerators, else (CPU) the measured host matmul peak shared by the host's devices."""
+    """The per-device peak for `dtype` matmul inputs: `override` if given, the datasheet table
+    for known accelerators, else (CPU) the measured host matmul peak shared by its devices."""
     if override:
         return float(override)
     device = jax.devices()[0]
     peak = device_peak_flops(device, dtype)
     if peak is None and device.platform == "cpu":
-        # Forced host devices (tests, --xla_force_host_platform_device_count) share the cores.
-        peak = measure_matmul_peak(jnp.dtype(dtype), n=2048, repeats=5) / jax.local_device_count()
+        peak = _measured_cpu_peak(jnp.dtype(dtype).name)
     return peak
+
+
+def effective_peak(flops_by_dtype: dict[str, float], override: float | None = None) -> float | None:
+    """The peak that the model's mix of matmul dtypes could reach: total FLOPs over the time
+    each dtype's share takes at its own peak (a bf16 tower and an f32 tower each count at
+    their rate). None when a dtype's peak is unknown."""
+    if override:
+        return float(override)
+    total = sum(flops_by_dtype.values())
+    time_at_peak = 0.0
+    for dtype, count in flops_by_dtype.items():
+        peak = peak_flops_per_device(None, dtype)
+        if peak is None:
+            return None
+        time_at_peak += count / peak
+    return total / time_at_peak if time_at_peak else None

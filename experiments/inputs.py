@@ -5,7 +5,7 @@ config.data = dict(
     train_split="train",
     data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
     image_size=64, max_len=16, augment=True, prefetch=2,
-    num_threads=None,          # input threads; None: min(16, CPU count)
+    num_threads=0,             # input threads; 0: min(16, CPU count)
     tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
                                                  # trained on the train captions once
     source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
@@ -14,13 +14,17 @@ config.data = dict(
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 from flax.core import FrozenDict
 
 from data import pipeline, sources
@@ -44,6 +48,8 @@ DATA_KEYS = {
 }
 TOKENIZER_KEYS = {"model", "vocab_size"}
 MAX_TOKENIZER_CORPUS = 200_000
+# Captions sampled (text only, no image decode) for the truncation warning.
+CAPTION_STATS_SAMPLE = 10_000
 EVAL_READ_BATCH = 256
 
 iterator_state_to_json = pipeline.iterator_state_to_json
@@ -79,6 +85,7 @@ class Inputs:
         self.train_source = self.source(config.get("train_split", "train")) if build_train else None
         if build_train:
             _ = self.tokenizer  # load or train it now: failures surface before compiling
+            self._warn_truncation()
 
     @functools.cached_property
     def tokenizer(self) -> tokenizer_lib.Tokenizer:
@@ -102,9 +109,49 @@ class Inputs:
         def corpus():
             src = self.train_source if self.train_source is not None else self.source(split)
             # A sample is enough for a subword vocabulary; reading a web-scale split is not.
-            return [src[i]["caption"] for i in range(min(len(src), MAX_TOKENIZER_CORPUS))]
+            return src.captions(MAX_TOKENIZER_CORPUS)
 
         return tokenizer_lib.get_tokenizer(path, corpus, vocab_size)
+
+    def _warn_truncation(self) -> None:
+        """Warns when captions are longer than max_len (they would be cut silently)."""
+        stats = tokenizer_lib.truncation_stats(
+            self.tokenizer, self.train_source.captions(CAPTION_STATS_SAMPLE), self.max_len
+        )
+        if stats["num_truncated"]:
+            logging.warning(
+                "%d of %d sampled training captions (%.0f%%) are longer than "
+                "config.data.max_len=%d tokens and will be cut; max_len=%d would fit 95%% of them.",
+                stats["num_truncated"],
+                stats["num_texts"],
+                100 * stats["num_truncated"] / stats["num_texts"],
+                self.max_len,
+                stats["max_len_for_95pct"],
+            )
+
+    def tokenizer_identity(self) -> dict[str, Any] | None:
+        """What the checkpoint metadata records of the tokenizer (None without data)."""
+        if self.train_source is None:
+            return None
+        tok = self.tokenizer
+        digest = hashlib.sha256(epath.Path(tok.model_path).read_bytes()).hexdigest()
+        return {
+            "path": str(tok.model_path),
+            "sha256": digest,
+            "vocab_size": tok.vocab_size,
+            "pad_id": tok.pad_id,
+            "eos_id": tok.eos_id,
+            "bos_id": tok.bos_id,
+        }
+
+    def description(self) -> dict[str, Any]:
+        """The input shapes and normalisation a model trained on this data expects."""
+        return {
+            "name": self.name,
+            "image_size": self.image_size,
+            "max_len": self.max_len,
+            **self.norm,
+        }
 
     def example_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"image": (self.image_size, self.image_size, 3), "tokens": (self.max_len,)}
@@ -130,8 +177,18 @@ class Inputs:
             **self.norm,
         )
 
-    def make_eval_data(self, spec: str, split: str, batch_size: int | None = None):
-        """The evaluator data contract: (batches_fn, info)."""
+    def make_eval_data(
+        self,
+        spec: str,
+        split: str,
+        batch_size: int | None = None,
+        *,
+        extra_texts: Sequence[str] = (),
+    ):
+        """The evaluator data contract: (batches_fn, info); see experiments.evaluators.
+
+        `extra_texts` names further text fields to tokenise into `<field>_tokens`.
+        """
         src = self.source(split, spec)
         # Read batches only bound host memory (evaluators re-batch for the devices).
         bs = batch_size or EVAL_READ_BATCH
@@ -144,18 +201,44 @@ class Inputs:
                 image_size=self.image_size,
                 max_len=self.max_len,
                 num_threads=self.num_threads,
+                extra_texts=tuple(extra_texts),
                 **self.norm,
             )
 
         info = dict(sources.dataset_info(spec, data_dir=self.data_dir))
+        # The fields an example has, read from one example, so evaluators can check what they
+        # need before training starts.
+        info["fields"] = sorted(src[0])
+        info["captions"] = src.captions
         info.setdefault("templates", info.get("prompt_templates"))
         info["encode_texts"] = lambda texts: self.tokenizer.encode(list(texts), self.max_len)
         return batches_fn, info
 
 
-def complete_model_config(model_config, data: Inputs) -> dict[str, Any]:
-    """Fills tokenizer-dependent text-tower fields and freezes nested dicts for Linen."""
+def module_fields(cls: type) -> set[str]:
+    """Constructor fields of a Linen module (a dataclass), without Linen's parent/name."""
+    return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
+
+
+def check_model_keys(objective_cls: type, cfg: Mapping[str, Any]) -> None:
+    """Unknown `config.model.*` keys fail with the allowed ones, before anything is built.
+
+    Nested groups are checked against the module class the objective declares for them in
+    `CONFIG_MODULES` (e.g. {"image": ViT, "text": TextTransformer}).
+    """
+    config_utils.check_keys(cfg, module_fields(objective_cls), "config.model")
+    for key, module_cls in getattr(objective_cls, "CONFIG_MODULES", {}).items():
+        if key in cfg:
+            config_utils.check_keys(
+                _plain(cfg[key]), module_fields(module_cls), f"config.model.{key}"
+            )
+
+
+def complete_model_config(objective_cls: type, model_config, data: Inputs) -> dict[str, Any]:
+    """Checks the objective's kwargs, fills tokenizer-dependent text-tower fields and freezes
+    nested dicts for Linen."""
     cfg = _plain(model_config)
+    check_model_keys(objective_cls, cfg)
     image = _plain(cfg.get("image", {}))
     if image:
         # Checked here so a wrong size fails before anything compiles.

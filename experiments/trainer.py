@@ -2,13 +2,14 @@
 
     state = {"step", "params", "opt_state"}   (the RNG is derived from config.seed and step)
 
-1. Validate the config and build mesh, inputs, objective, evaluators (all errors here,
-   before anything compiles).
-2. `jax.eval_shape` the init to get logical partition specs, then materialise the
-   params directly sharded with `jax.jit(init, out_shardings=...)`.
-3. Resume from the workdir's latest checkpoint (state + input pipeline position), or
-   start fresh (optionally loading towers from another run's checkpoint: LiT).
-4. One jitted step with in/out shardings and donated state; loss and grad norm are
+1. Validate the config and build mesh, inputs, objective and evaluators; check a resumed
+   workdir's checkpoint (model, config, tokenizer) and LiT towers against their checkpoint
+   metadata. Every error is raised here, before anything but the optimizer's tiny init
+   compiles.
+2. `jax.eval_shape` the init for shapes and logical partition specs. A fresh run
+   materialises the params directly sharded (`jax.jit(init, out_shardings=...)`); a resumed
+   run restores straight into the abstract state (no throw-away init).
+3. One jitted step with in/out shardings and donated state; loss and grad norm are
    checked for NaN/Inf one step behind (synchronously before any checkpoint), so a
    bad step stops training with the last good checkpoint intact.
 """
@@ -17,30 +18,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
 from etils import epath
-from jax.experimental import multihost_utils
 
 import objectives
-from experiments import checkpointing, config_utils, flops, inputs, sharding
+from experiments import (
+    checkpointing,
+    config_utils,
+    eval_runner,
+    flops,
+    inputs,
+    run_meta,
+    sharding,
+    train_state,
+)
 from experiments import optimizer as optimizer_lib
 from experiments.evaluators import build_evaluators
 
 # Top-level config schema: name -> None (free-form value) or the allowed sub-keys.
 CONFIG_SCHEMA = {
     "objective": None,
-    "model": None,  # kwargs of the objective class; the class validates them
+    "model": None,  # kwargs of the objective class; checked by inputs.complete_model_config
     "seed": None,
     "total_steps": None,
     "batch_size": None,
@@ -48,9 +55,10 @@ CONFIG_SCHEMA = {
     "mesh": None,
     "mesh_dcn": None,
     "sharding_rules": None,
+    "sharding_strict": None,
     "optim": None,  # validated by experiments.optimizer
     "init": {"checkpoint", "step", "load"},
-    "checkpoint": {"every_steps", "keep", "async_save"},
+    "checkpoint": {"every_steps", "keep", "async_save", "allow_resume_changes"},
     "data": None,  # validated by experiments.inputs
     "evals": None,  # validated by each evaluator
     "peak_flops_per_device": None,
@@ -63,25 +71,31 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class Setup:
-    """Everything `train` builds before the loop; also used by the benchmark."""
+    """Everything `train` builds before the loop; also used by the benchmark and tests."""
 
     mesh: jax.sharding.Mesh
     rules: tuple
     model: nn.Module
     inputs: inputs.Inputs
-    state: dict
+    states: train_state.StateBuilder
     step_fn: Callable
-    flops_per_step: float
+    flops_by_dtype: dict[str, float]  # analytic train FLOPs per step, by matmul input dtype
     evaluators: dict
+    meta: dict
+    resume_step: int | None  # the workdir's checkpoint step to restore, or None: fresh
+    seed: int
+
+    @property
+    def flops_per_step(self) -> float:
+        return sum(self.flops_by_dtype.values())
 
     @functools.cached_property
     def embed_fns(self) -> tuple[Callable, Callable]:
-        """Jitted (params, batch) -> embeddings, built once so evals never recompile."""
-        model = self.model
-        return tuple(
-            jax.jit(lambda p, x, m=method: model.apply({"params": p}, x, method=m))
-            for method in ("embed_image", "embed_text")
-        )
+        return eval_runner.make_embed_fns(self.model)
+
+    def fresh_state(self) -> dict:
+        """A newly initialised, sharded train state (what a fresh run starts from)."""
+        return self.states.fresh(self.seed)
 
 
 def validate_config(config) -> None:
@@ -93,50 +107,14 @@ def validate_config(config) -> None:
         raise config_utils.ConfigError(f"config.total_steps must be >= 1, got {config.total_steps}")
 
 
-def _unboxed_init(model, dummy_batch, rng):
-    variables = model.init({"params": rng, "dropout": rng}, dummy_batch, train=False)
-    return variables["params"]
-
-
-def init_params(model, dummy_batch, mesh, rules, seed: int):
-    """Sharded initialisation: eval_shape for specs, then one jit with out_shardings."""
-    rng = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(lambda r: _unboxed_init(model, dummy_batch, r), rng)
-    shardings = sharding.logical_shardings(abstract, mesh, rules)
-    params = jax.jit(
-        lambda r: nn.unbox(_unboxed_init(model, dummy_batch, r)), out_shardings=shardings
-    )(rng)
-    return params, shardings
-
-
-def load_init_towers(params, init_config, shardings):
-    """LiT-style init: copies `init.load` subtrees (e.g. ("img",)) from another run."""
-    loaded, step = checkpointing.load_params(init_config.checkpoint, init_config.get("step"))
-    params = dict(params)
-    for name in init_config.load:
-        if name not in loaded or name not in params:
-            raise config_utils.ConfigError(
-                f"config.init.load names {name!r}, but the checkpoint has {sorted(loaded)} "
-                f"and the model has {sorted(params)}."
-            )
-        want = checkpointing.param_signature(params[name])
-        have = checkpointing.param_signature(loaded[name])
-        if want != have:
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            raise checkpointing.CheckpointMismatchError(
-                f"config.init.checkpoint={init_config.checkpoint} (step {step}): tower {name!r} "
-                f"does not match this model's, e.g. {diff[:3]}."
-            )
-        params[name] = jax.device_put(loaded[name], shardings[name])
-    logging.info(
-        "Loaded %s from %s (step %d).", list(init_config.load), init_config.checkpoint, step
-    )
-    return params
+def _tuples(x):
+    """Rules read back from JSON are lists; flax wants hashable tuples."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
     """(state, batch) -> (state, metrics); pure, for jax.jit with donation."""
-    base_rng = jax.random.PRNGKey(seed)
+    base_rng = jax.random.key(seed)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_rng, state["step"])
@@ -151,7 +129,7 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
             **metrics,
             "loss": loss,
             "grad_norm": optimizer_lib.trainable_global_norm(grads, freeze),
-            "param_norm": optax.global_norm(params),
+            "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state["step"]),
         }
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
@@ -159,15 +137,17 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
     return train_step
 
 
-def setup(config, *, need_data: bool = True, devices=None, load_init: bool = True) -> Setup:
-    """Validates the config and builds mesh, inputs, model, sharded state and the step.
+def setup(config, *, workdir: str | None = None, need_data: bool = True, devices=None) -> Setup:
+    """Validates the config and builds mesh, inputs, model, abstract state and the step.
 
-    `devices` restricts the mesh to a subset (tests compare meshes in one process).
+    With `workdir` holding a checkpoint, the resume is checked here (model, meaningful config
+    fields, tokenizer) and `resume_step` is set; nothing is restored yet. `devices` restricts
+    the mesh to a subset (tests compare meshes in one process).
     """
     validate_config(config)
     mesh = sharding.make_mesh(config.mesh, config.get("mesh_dcn") or (), devices)
     sharding.check_batch_size(config.batch_size, mesh)
-    rules = tuple(tuple(r) for r in (config.get("sharding_rules") or sharding.DEFAULT_RULES))
+    rules = _tuples(config.get("sharding_rules") or sharding.DEFAULT_RULES)
     data = inputs.Inputs(
         config.data, global_batch_size=config.batch_size, seed=config.seed, build_train=need_data
     )
@@ -178,30 +158,68 @@ def setup(config, *, need_data: bool = True, devices=None, load_init: bool = Tru
             sharding.check_batch_size(
                 config.evals[name].batch_size, mesh, f"config.evals.{name}.batch_size"
             )
-    model_config = inputs.complete_model_config(config.model, data)
-    model = objectives.get_objective(config.objective)(**model_config)
+    objective_cls = objectives.get_objective(config.objective)
+    model_config = inputs.complete_model_config(objective_cls, config.model, data)
+    model = objective_cls(**model_config)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         dummy = data.dummy_batch(config.batch_size)
-        params, param_shardings = init_params(model, dummy, mesh, rules, config.seed)
-        if load_init and config.get("init") and config.init.get("checkpoint"):
-            params = load_init_towers(params, config.init, param_shardings)
+        boxed = train_state.boxed_abstract_params(model, dummy)
+        params = train_state.with_mesh_shardings(
+            boxed, mesh, rules, strict=bool(config.get("sharding_strict", False))
+        )
         tx, schedule = optimizer_lib.make_optimizer(config.optim, params)
         freeze = optimizer_lib.freeze_patterns(config.optim)
-        frozen = optimizer_lib.frozen_mask(params, freeze)
-        opt_state = jax.jit(tx.init)(params)
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
-        state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        meta = run_meta.make_meta(
+            config,
+            model_config=model_config,
+            params=params,
+            tokenizer=data.tokenizer_identity(),
+            data=data.description(),
+        )
+        resume_step = _check_resume(config, workdir, meta) if workdir else None
+        init = config.get("init")
+        load_init = bool(init and init.get("checkpoint")) and resume_step is None
+        states = train_state.StateBuilder(
+            model, dummy, boxed, params, tx, mesh, rules, init_config=init if load_init else None
+        )
         step_fn = jax.jit(
             make_train_step(model, tx, schedule, freeze, config.seed),
-            in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            in_shardings=(states.shardings, sharding.batch_sharding(mesh)),
+            out_shardings=(states.shardings, sharding.replicated(mesh)),
             donate_argnums=(0,),
         )
-    flops_per_step = config.batch_size * model.train_flops_per_example(
+    frozen = optimizer_lib.frozen_mask(params, freeze)
+    per_example = model.train_flops_per_example(
         data.example_shapes(), frozen=_frozen_towers(frozen)
     )
-    return Setup(mesh, rules, model, data, state, step_fn, flops_per_step, evaluators)
+    flops_by_dtype = {k: config.batch_size * v for k, v in per_example.items()}
+    return Setup(
+        mesh,
+        rules,
+        model,
+        data,
+        states,
+        step_fn,
+        flops_by_dtype,
+        evaluators,
+        meta,
+        resume_step,
+        config.seed,
+    )
+
+
+def _check_resume(config, workdir: str, meta: dict) -> int | None:
+    """The checkpoint step to resume from (None: fresh), after checking it is this run's."""
+    step = checkpointing.latest_step(workdir)
+    if step is None:
+        return None
+    saved, step = checkpointing.read_meta(workdir, step)
+    allow = tuple((config.get("checkpoint") or {}).get("allow_resume_changes") or ())
+    changes = run_meta.check_resume(saved, meta, f"--workdir {workdir}", allow=allow)
+    for field, (old, new) in changes.items():
+        logging.info("Resuming with a changed config field %s: %r -> %r", field, old, new)
+    return step
 
 
 def _frozen_towers(frozen) -> set[str]:
@@ -224,64 +242,23 @@ def _check_finite(step: int, metrics, ckpt, workdir) -> dict[str, float]:
     return host
 
 
-def _write_json_atomic(path: epath.Path, obj) -> None:
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)  # atomic, and overwrites (rename refuses to)
-
-
-def run_evals(s: Setup, evaluators, params, step: int, writer, workdir, *, final: bool):
-    """Runs the evaluators due at `step`; writes scalars and <workdir>/eval_results.json."""
-    due = {
-        n: e
-        for n, e in evaluators.items()
-        if final or (e.every_steps and step % e.every_steps == 0)
-    }
-    if not due:
-        return {}
-    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        embed_image, embed_text = s.embed_fns
-        batch_sharding = sharding.batch_sharding(s.mesh)
-
-        def on_devices(fn):
-            # Every process reads the same eval rows: place each device's slice of them,
-            # then gather the embeddings back to every host.
-            def run(x):
-                x = np.asarray(x)
-                out = fn(
-                    params,
-                    jax.make_array_from_callback(x.shape, batch_sharding, lambda idx: x[idx]),
-                )
-                return np.asarray(multihost_utils.process_allgather(out, tiled=True))
-
-            return run
-
-        results = {}
-        for name, evaluator in due.items():
-            t0 = time.time()
-            results[name] = evaluator.run(on_devices(embed_image), on_devices(embed_text))
-            logging.info("eval %s @%d (%.1fs): %s", name, step, time.time() - t0, results[name])
-            writer.write_scalars(step, {f"{name}/{k}": v for k, v in results[name].items()})
-    if jax.process_index() == 0:
-        path = epath.Path(workdir) / "eval_results.json"
-        history = json.loads(path.read_text()) if path.exists() else {}
-        history[str(step)] = results
-        _write_json_atomic(path, history)
-    return results
-
-
-def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str, Any]:
+def train(
+    config,
+    workdir: str,
+    *,
+    on_batch: Callable | None = None,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Trains (or resumes) `config` in `workdir`.
 
     Returns {"results": final eval metrics, "state": final train state, "setup": Setup}.
-    `on_batch(step, local_batch)` sees every host batch before it is used (tests, debugging).
+    `on_batch(step, local_batch)` sees every host batch before it is used (tests, debugging);
+    `command` is the launch command line recorded in the workdir (default: sys.argv).
     """
     workdir = checkpointing.resolve(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    # A resumed run takes every parameter from its own checkpoint: skip LiT's tower load.
-    resuming = checkpointing.latest_step(workdir) is not None
-    s = setup(config, load_init=not resuming)
-    evaluators = s.evaluators
+    s = setup(config, workdir=workdir)
+    run_meta.record_launch(workdir, config, start_step=s.resume_step or 0, command=command)
     ck_cfg = config.get("checkpoint") or {}
     ckpt = checkpointing.Checkpointer(
         workdir,
@@ -289,36 +266,36 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
         keep=ck_cfg.get("keep", 3),
         async_save=ck_cfg.get("async_save", True),
     )
-    meta = checkpointing.make_meta(config.objective, s.state["params"])
     train_iter = s.inputs.train_iterator()
-    state = s.state
-    start = ckpt.latest_step()
-    if start is not None:
-        checkpointing.check_compatible(ckpt.read_meta(start), meta, f"--workdir {workdir}")
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
-        )
-        state, data_state = ckpt.restore(start, abstract)
-        s.state = None  # drop the fresh init so its buffers are freed
+    if s.resume_step is not None:
+        state, data_state = ckpt.restore(s.resume_step, s.states.abstract)
         train_iter.set_state(inputs.iterator_state_from_json(data_state))
-        logging.info("Resumed from step %d in %s.", start, ckpt.directory)
-    start = start or 0
+        logging.info("Resumed from step %d in %s.", s.resume_step, ckpt.directory)
+    else:
+        state = s.fresh_state()
+    start = s.resume_step or 0
 
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=config.total_steps,
-        writer=writer,
-        every_steps=config.get("log_every_steps", 50),
-    )
-    peak = flops.peak_flops_per_device(config.get("peak_flops_per_device"))
-    logging.info("Peak FLOP/s per device for MFU: %s", peak)
     log_every = config.get("log_every_steps", 50)
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=config.total_steps, writer=writer, every_steps=log_every
+    )
+    peak = flops.effective_peak(s.flops_by_dtype, config.get("peak_flops_per_device"))
+    logging.info("Peak FLOP/s per device for MFU (%s matmuls): %s", sorted(s.flops_by_dtype), peak)
     total = config.total_steps
     pending = None  # (step, metrics) not yet checked for NaN
     t_log, step_at_log = None, start  # throughput = steps since the last log / wall time
-    results = {}
+    results, errors = {}, {}
+
+    def evaluate(step, params, final):
+        nonlocal t_log
+        out, failed = eval_runner.run_evals(s, params, step, writer, workdir, final=final)
+        errors.update({f"{name}@{step}": e for name, e in failed.items()})
+        t_log = time.time()  # keep eval time out of throughput
+        return out
+
     try:
         with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
             for step in range(start + 1, total + 1):
@@ -336,7 +313,7 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
                 progress(step)
                 save_due = step % ckpt.every_steps == 0 or step == total
                 eval_due = any(
-                    e.every_steps and step % e.every_steps == 0 for e in evaluators.values()
+                    e.every_steps and step % e.every_steps == 0 for e in s.evaluators.values()
                 )
                 if step % log_every == 0 or save_due or eval_due or step == start + 1:
                     host = _check_finite(*pending, ckpt, workdir)
@@ -344,30 +321,30 @@ def train(config, workdir: str, *, on_batch: Callable | None = None) -> dict[str
                     now = time.time()
                     if t_log is not None and step > step_at_log:
                         dt = (now - t_log) / (step - step_at_log)
-                        host["step_time_s"] = dt
-                        host["examples_per_sec"] = config.batch_size / dt
-                        per_dev = s.flops_per_step / dt / jax.device_count()
-                        host["tflops_per_device"] = per_dev / 1e12
-                        if peak:
-                            host["mfu"] = per_dev / peak
+                        host.update(
+                            flops.throughput(
+                                s.flops_per_step, dt, config.batch_size, jax.device_count(), peak
+                            )
+                        )
                     writer.write_scalars(step, host)
                     t_log, step_at_log = now, step
                 if save_due:
                     ckpt.save(
-                        step, state, inputs.iterator_state_to_json(train_iter.get_state()), meta
+                        step, state, inputs.iterator_state_to_json(train_iter.get_state()), s.meta
                     )
                 if eval_due or step == total:
-                    results = run_evals(
-                        s, evaluators, state["params"], step, writer, workdir, final=step == total
-                    )
-                    t_log = time.time()  # keep eval time out of throughput
+                    results = evaluate(step, state["params"], final=step == total)
             if pending is not None:
                 _check_finite(*pending, ckpt, workdir)
-        if start >= total:
-            results = run_evals(s, evaluators, state["params"], total, writer, workdir, final=True)
+            if start >= total:
+                results = evaluate(total, state["params"], final=True)
     finally:
         # Also on errors: an async save still in flight must finish, or it is lost.
         ckpt.close()
         writer.flush()
-
+    if errors:
+        raise eval_runner.EvaluationError(
+            f"Evaluators failed (the others' results are in {workdir}/"
+            f"{eval_runner.RESULTS_FILE}; the checkpoint is saved): {errors}"
+        )
     return {"results": results, "state": state, "setup": s}

@@ -45,6 +45,9 @@ class TwoTower(nn.Module):
       bias_init: initial SigLIP logit bias.
     """
 
+    # The module class each nested config group configures (the trainer checks their keys).
+    CONFIG_MODULES = {"image": vit_lib.ViT, "text": text_lib.TextTransformer}
+
     image: Mapping[str, Any]
     text: Mapping[str, Any]
     loss: str = "softmax"
@@ -90,8 +93,9 @@ class TwoTower(nn.Module):
 
     def train_flops_per_example(
         self, shapes: Mapping[str, tuple[int, ...]], frozen: frozenset[str] | set[str] = frozenset()
-    ) -> float:
-        """Analytic training FLOPs of both towers for one (image, text) pair.
+    ) -> dict[str, float]:
+        """Analytic training FLOPs of both towers for one (image, text) pair, keyed by the
+        towers' matmul input dtype (MFU divides each share by that dtype's peak).
 
         shapes: {"image": (H, W, 3), "tokens": (L,)}; frozen: names of fully frozen towers
         ("img"/"txt"); a frozen tower sits at the input end, so it costs one forward pass.
@@ -117,6 +121,8 @@ class TwoTower(nn.Module):
         )
         if text.pool_type == "map":
             txt += flops_lib.map_head_flops(shapes["tokens"][0], tc["width"], tc["mlp_dim"])
-        return flops_lib.train_flops(img, frozen="img" in frozen) + flops_lib.train_flops(
-            txt, frozen="txt" in frozen
-        )
+        out: dict[str, float] = {}
+        for tower, forward, name in ((image, img, "img"), (text, txt, "txt")):
+            dtype = jnp.dtype(tower.dtype).name
+            out[dtype] = out.get(dtype, 0.0) + flops_lib.train_flops(forward, frozen=name in frozen)
+        return out

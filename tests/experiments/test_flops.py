@@ -49,16 +49,43 @@ def test_measure_matmul_peak_is_plausible():
     assert np.isfinite(peak) and 1e8 < peak < 1e14
 
 
-def test_mfu_and_tflops_arithmetic():
+def test_throughput_figures():
     # 8e12 FLOPs in 2 s on 4 devices = 1e12 FLOP/s per device; peak 4e12 -> 25%.
-    assert flops.mfu(8e12, 2.0, 4, 4e12) == pytest.approx(0.25)
-    assert flops.tflops_per_device(8e12, 2.0, 4) == pytest.approx(1.0)
+    out = flops.throughput(8e12, 2.0, 64, 4, 4e12)
+    assert out == {
+        "step_time_s": 2.0,
+        "examples_per_sec": 32.0,
+        "tflops_per_device": pytest.approx(1.0),
+        "mfu": pytest.approx(0.25),
+    }
+    assert "mfu" not in flops.throughput(8e12, 2.0, 64, 4, None)
     with pytest.raises(ValueError, match="positive"):
         flops.mfu(8e12, 0.0, 4, 4e12)
 
 
-def test_peak_override_and_cpu_share():
+def test_cpu_peak_is_the_measured_host_peak_shared_by_its_devices(monkeypatch):
+    measured = []
+
+    def fake_measure(dtype, n, repeats):
+        measured.append(jax.numpy.dtype(dtype).name)
+        return 8e11 if measured[-1] == "float32" else 1.6e12
+
+    monkeypatch.setattr(flops, "measure_matmul_peak", fake_measure)
+    flops._measured_cpu_peak.cache_clear()
+    assert flops.peak_flops_per_device() == 8e11 / jax.local_device_count()
+    assert flops.peak_flops_per_device(dtype="bfloat16") == 1.6e12 / jax.local_device_count()
+    assert flops.peak_flops_per_device() == 8e11 / jax.local_device_count()
+    assert measured == ["float32", "bfloat16"]  # measured once per dtype, then reused
     assert flops.peak_flops_per_device(123e12) == 123e12
-    cpu = flops.peak_flops_per_device()
-    # Measured on the host and split over its (8 forced) devices.
-    assert cpu is not None and 1e7 < cpu < 1e13
+    flops._measured_cpu_peak.cache_clear()
+
+
+def test_effective_peak_weighs_each_dtype_by_its_share(monkeypatch):
+    peaks = {"float32": 1e12, "bfloat16": 2e12}
+    monkeypatch.setattr(flops, "peak_flops_per_device", lambda override, dtype: peaks[dtype])
+    # 1e12 f32 FLOPs take 1 s at peak and 2e12 bf16 FLOPs another 1 s: 3e12 in 2 s.
+    assert flops.effective_peak({"float32": 1e12, "bfloat16": 2e12}) == pytest.approx(1.5e12)
+    assert flops.effective_peak({"bfloat16": 5.0}) == 2e12
+    assert flops.effective_peak({"float32": 1.0}, override=7.0) == 7.0
+    peaks["bfloat16"] = None
+    assert flops.effective_peak({"float32": 1.0, "bfloat16": 1.0}) is None

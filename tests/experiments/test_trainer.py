@@ -1,21 +1,26 @@
-"""The generic trainer: sharded equivalence, exact resume, LiT freezing, NaN stop, bad input."""
+"""The generic trainer: sharded equivalence with AdamW, LiT freezing, NaN stop, user data."""
 
-import json
+import re
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from etils import epath
 
-from data import sources
-from experiments import checkpointing, config_utils, inputs, sharding, trainer
+from experiments import checkpointing, inputs, sharding, trainer
+
+# The attention key bias adds a per-query constant to the logits, which softmax ignores: its
+# true gradient is zero, so Adam (dividing by sqrt(v)) turns float summation noise into
+# full-size steps of arbitrary sign that no two layouts share. It has no effect on any output,
+# so it is left out of the parameter comparison (it is still trained and saved; the HF layouts
+# carry it, so it is not dropped from the model).
+NO_EFFECT = re.compile(r".*/attn/key/bias$")
 
 
 def _run_steps(config, devices, batches):
-    """Returns (losses, initial params, final params) of len(batches) trainer steps."""
+    """Returns (losses, initial params, final params, final state) of the trainer's step."""
     s = trainer.setup(config, devices=devices)
-    state, losses = s.state, []
+    state, losses = s.fresh_state(), []
     init = jax.device_get(state["params"])  # before the donated steps consume the buffers
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         for local in batches:
@@ -24,7 +29,7 @@ def _run_steps(config, devices, batches):
             )
             state, metrics = s.step_fn(state, batch)
             losses.append(float(metrics["loss"]))
-    return losses, init, jax.device_get(state["params"])
+    return losses, init, jax.device_get(state["params"]), state
 
 
 def _batches(config, n):
@@ -33,69 +38,61 @@ def _batches(config, n):
     return [next(it) for _ in range(n)]
 
 
-@pytest.mark.parametrize(
-    "mesh,loss",
-    [
-        ((("data", 2), ("fsdp", 4)), "softmax"),
-        ((("fsdp", 8),), "sigmoid"),
-        ((("data", 2), ("fsdp", 2), ("tensor", 2)), "softmax"),
-    ],
-)
-def test_sharded_steps_match_single_device(make_config, mesh, loss):
-    def config(mesh):
-        c = make_config(loss=loss, mesh=mesh)
-        # SGD, not Adam: Adam divides by sqrt(v), so for parameters whose true gradient is
-        # zero (the attention key bias: softmax ignores a per-query constant) it turns
-        # float rounding noise into full-size steps of arbitrary sign on any two layouts.
-        c.optim = dict(name="sgd", lr=0.5, momentum=0.9, total_steps=3, grad_clip_norm=1.0)
-        return c
+def _path(key_path):
+    return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
-    single = config((("data", 1),))
+
+MESHES = {
+    "dp2_fsdp4": (("data", 2), ("fsdp", 4)),
+    "fsdp8": (("fsdp", 8),),
+    "dp2_fsdp2_tp2": (("data", 2), ("fsdp", 2), ("tensor", 2)),
+}
+# (fsdp, tensor) split of the MLP's fc1 kernel [embed=32, mlp=64] under DEFAULT_RULES.
+FC1_SPLIT = {"dp2_fsdp4": (4, 1), "fsdp8": (8, 1), "dp2_fsdp2_tp2": (2, 2)}
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("mesh", list(MESHES))
+def test_sharded_adamw_steps_match_single_device(make_config, mesh, loss):
+    single = make_config(loss=loss, mesh=(("data", 1),))  # the configured AdamW
     batches = _batches(single, 3)
-    ref_losses, init, ref_params = _run_steps(single, jax.devices()[:1], batches)
-    losses, _, params = _run_steps(config(mesh), jax.devices(), batches)
+    ref_losses, init, ref_params, _ = _run_steps(single, jax.devices()[:1], batches)
+    losses, _, params, state = _run_steps(
+        make_config(loss=loss, mesh=MESHES[mesh]), jax.devices(), batches
+    )
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
-    flat_ref = jax.tree_util.tree_leaves_with_path(ref_params)
-    flat = jax.tree.leaves(params)
-    assert len(flat) == len(flat_ref)
-    for (path, want), got in zip(flat_ref, flat, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(path))
+    compared = 0
+    for (key, want), got in zip(
+        jax.tree_util.tree_leaves_with_path(ref_params), jax.tree.leaves(params), strict=True
+    ):
+        if NO_EFFECT.match(_path(key)):
+            continue
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=_path(key))
+        compared += 1
+    assert compared > 20
     # The parameters really changed over the 3 steps (the comparison is not vacuous).
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), init, ref_params)
     assert max(jax.tree.leaves(moved)) > 1e-4
-
-
-def test_resume_continues_exactly(make_config, tmp_path):
-    seen_straight, seen_resumed = [], []
-    straight = make_config(steps=4)
-    trainer.train(straight, str(tmp_path / "a"), on_batch=lambda s, b: seen_straight.append(b))
-
-    first = make_config(steps=4)
-    first.total_steps = 2  # "killed" after 2 steps; the schedule still spans 4
-    trainer.train(first, str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b))
-    out = trainer.train(
-        make_config(steps=4), str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b)
-    )
-
-    assert [int(b["index"][0]) for b in seen_resumed] == [int(b["index"][0]) for b in seen_straight]
-    for a, b in zip(seen_straight, seen_resumed, strict=True):
-        np.testing.assert_array_equal(a["index"], b["index"])
-        np.testing.assert_array_equal(a["image"], b["image"])
-    straight_params, _ = checkpointing.load_params(str(tmp_path / "a"))
-    resumed = jax.device_get(out["state"]["params"])
-    for x, y in zip(jax.tree.leaves(straight_params), jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert int(out["state"]["step"]) == 4
+    # ... and really are sharded as the rules say: embed over fsdp, mlp over tensor.
+    fc1 = state["params"]["img"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    fsdp, tensor = FC1_SPLIT[mesh]
+    assert {s.data.shape for s in fc1.addressable_shards} == {(32 // fsdp, 64 // tensor)}
+    mu = jax.tree.leaves(state["opt_state"])  # Adam moments follow their parameters
+    assert any(getattr(x, "sharding", None) == fc1.sharding for x in mu)
 
 
 def test_lit_keeps_the_locked_tower_bit_identical(make_config, tmp_path):
     trainer.train(make_config(steps=2), str(tmp_path / "clip"))
     tower, _ = checkpointing.load_params(str(tmp_path / "clip"))
-    lit = make_config(steps=3)
+    lit = make_config(steps=3, mesh=(("data", 2), ("fsdp", 4)))
     lit.init = dict(checkpoint=str(tmp_path / "clip"), step=None, load=("img",))
     lit.optim.freeze = ("img/.*",)
     out = trainer.train(lit, str(tmp_path / "lit"))
-    params = jax.device_get(out["state"]["params"])
+    params = out["state"]["params"]
+    # Loaded straight into the model's shardings (embed over fsdp=4).
+    fc1 = params["img"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert {s.data.shape for s in fc1.addressable_shards} == {(8, 64)}
+    params = jax.device_get(params)
     for x, y in zip(jax.tree.leaves(tower["img"]), jax.tree.leaves(params["img"]), strict=True):
         np.testing.assert_array_equal(x, y)
     changed = [
@@ -105,60 +102,38 @@ def test_lit_keeps_the_locked_tower_bit_identical(make_config, tmp_path):
     assert all(changed)
 
 
-def test_nan_loss_stops_with_last_good_checkpoint(make_config, tmp_path, monkeypatch):
+def _poison(monkeypatch, at_call):
     real = sharding.to_global_batch
+    calls = []
 
-    def poison_step_4(batch, mesh):
-        poison_step_4.calls += 1
-        if poison_step_4.calls == 4:
+    def poisoned(batch, mesh):
+        calls.append(1)
+        if len(calls) == at_call:
             batch = dict(batch, image=np.full_like(batch["image"], np.nan))
         return real(batch, mesh)
 
-    poison_step_4.calls = 0
-    monkeypatch.setattr(sharding, "to_global_batch", poison_step_4)
-    config = make_config(steps=6)
+    monkeypatch.setattr(sharding, "to_global_batch", poisoned)
+
+
+def test_nan_loss_stops_with_last_good_checkpoint(make_config, tmp_path, monkeypatch):
+    _poison(monkeypatch, at_call=4)
     with pytest.raises(trainer.NonFiniteLossError, match="at step 4"):
-        trainer.train(config, str(tmp_path))
+        trainer.train(make_config(steps=6), str(tmp_path))
     params, step = checkpointing.load_params(str(tmp_path))
     assert step == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_unknown_config_key_fails_before_compiling(make_config, tmp_path):
-    config = make_config()
-    config.totl_steps = 5
-    with pytest.raises(config_utils.ConfigError, match="did you mean 'total_steps'"):
+def test_nan_is_caught_one_step_behind_between_logs(make_config, tmp_path, monkeypatch):
+    # Logging every 100 steps: step 3's NaN is only seen by the check one step behind, when
+    # step 4 has been dispatched; step 4's checkpoint must never be written.
+    _poison(monkeypatch, at_call=3)
+    config = make_config(steps=6)
+    config.log_every_steps = 100
+    config.checkpoint.every_steps = 4
+    with pytest.raises(trainer.NonFiniteLossError, match="at step 3.*none \\(no checkpoint"):
         trainer.train(config, str(tmp_path))
-
-
-def test_indivisible_batch_size_is_a_clear_error(make_config, tmp_path):
-    with pytest.raises(sharding.ShardingError, match="batch_size=12 cannot be split"):
-        trainer.train(make_config(batch=12), str(tmp_path))
-
-
-def test_missing_dataset_is_a_clear_error(make_config, tmp_path):
-    config = make_config()
-    config.data.name = "no_such_dataset"
-    config.data.source = {}
-    with pytest.raises(sources.DatasetNotFoundError, match="no_such_dataset"):
-        trainer.train(config, str(tmp_path))
-
-
-def test_workdir_of_another_model_is_refused(make_config, tmp_path):
-    trainer.train(make_config(steps=2), str(tmp_path))
-    other = make_config(steps=4)
-    other.model.image.width = 48
-    other.model.text.width = 48
-    with pytest.raises(checkpointing.CheckpointMismatchError, match="another model"):
-        trainer.train(other, str(tmp_path))
-
-
-def test_results_json_is_replaced_atomically(tmp_path):
-    path = epath.Path(tmp_path) / "eval_results.json"
-    trainer._write_json_atomic(path, {"1": {"a": 1.0}})
-    trainer._write_json_atomic(path, {"1": {"a": 1.0}, "2": {"a": 2.0}})
-    assert json.loads(path.read_text()) == {"1": {"a": 1.0}, "2": {"a": 2.0}}
-    assert sorted(p.name for p in epath.Path(tmp_path).iterdir()) == ["eval_results.json"]
+    assert checkpointing.latest_step(str(tmp_path)) is None
 
 
 def test_trains_on_a_users_csv_skipping_a_corrupt_image(make_config, tmp_path):
@@ -167,27 +142,25 @@ def test_trains_on_a_users_csv_skipping_a_corrupt_image(make_config, tmp_path):
     from data import shapes
 
     rng = np.random.default_rng(0)
-    rows = ["image,caption"]
+    rows = ["image,caption,split"]
     for i in range(40):
         ex = shapes.render_example(rng, image_size=32)
         Image.fromarray(ex["image"]).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{ex['caption']}")
+        rows.append(f"{i}.png,{ex['caption']},{'test' if i % 10 == 0 else 'train'}")
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    rows.append("broken.png,a broken picture")
+    rows.append("broken.png,a broken picture,train")
     (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
 
     config = make_config(steps=2)
     spec = f"user:{tmp_path / 'pairs.csv'}"
     config.data.name = spec
-    config.data.train_split = "train[:90%]"
     config.data.source = dict(strict=False)
     config.data.tokenizer.model = str(tmp_path / "tok.model")
-    config.evals = dict(
-        retrieval=dict(type="retrieval", data=spec, split="train[90%:]", batch_size=8)
-    )
+    config.evals = dict(retrieval=dict(type="retrieval", data=spec, split="test", batch_size=8))
     out = trainer.train(config, str(tmp_path / "run"))
-    assert out["results"]["retrieval"]["num_examples"] == 4  # 40 readable pairs, last 10%
+    assert out["results"]["retrieval"]["num_examples"] == 4  # the rows marked "test"
 
     config.data.source.strict = True
+    config.total_steps = config.optim.total_steps = 3  # 48 rows: every train row is read
     with pytest.raises(ValueError, match="broken.png"):
         trainer.train(config, str(tmp_path / "strict"))

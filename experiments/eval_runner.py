@@ -1,0 +1,86 @@
+"""Runs the evaluators due at a step and records their results as each one finishes.
+
+`<workdir>/eval_results.json` is {step: {evaluator: {metric: value}}}, rewritten atomically
+after every evaluator, so a crash or a failing evaluator never loses another's results. A
+failing evaluator is logged with its traceback and recorded as {"error": "..."}; the others
+still run, and the trainer raises `EvaluationError` once training and saving are done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from experiments import run_meta, sharding
+
+RESULTS_FILE = "eval_results.json"
+
+
+class EvaluationError(RuntimeError):
+    """One or more evaluators failed (their errors are in eval_results.json)."""
+
+
+def make_embed_fns(model) -> tuple[Callable, Callable]:
+    """Jitted (params, batch) -> embeddings, built once so evals never recompile."""
+    return tuple(
+        jax.jit(lambda p, x, m=method: model.apply({"params": p}, x, method=m))
+        for method in ("embed_image", "embed_text")
+    )
+
+
+def _on_devices(fn, params, mesh):
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    # Every process reads the same eval rows: place each device's slice of them, then gather
+    # the outputs back to every host.
+    def run(x):
+        x = np.asarray(x)
+        out = fn(params, jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i]))
+        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+    return run
+
+
+def _record(workdir: str, step: int, name: str, result: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    path = epath.Path(workdir) / RESULTS_FILE
+    history = json.loads(path.read_text()) if path.exists() else {}
+    history.setdefault(str(step), {})[name] = result
+    run_meta.write_json_atomic(path, history)
+
+
+def run_evals(setup, params, step: int, writer, workdir: str, *, final: bool):
+    """Runs the evaluators due at `step`. Returns ({name: metrics}, {name: error message})."""
+    due = {
+        n: e
+        for n, e in setup.evaluators.items()
+        if final or (e.every_steps and step % e.every_steps == 0)
+    }
+    results, errors = {}, {}
+    if not due:
+        return results, errors
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        embed_image, embed_text = (_on_devices(f, params, setup.mesh) for f in setup.embed_fns)
+        for name, evaluator in due.items():
+            t0 = time.time()
+            try:
+                out = evaluator.run(embed_image, embed_text)
+            except Exception as e:  # noqa: BLE001 - isolate evaluators; re-raised at the end
+                logging.exception("eval %s @%d failed", name, step)
+                errors[name] = f"{type(e).__name__}: {e}"
+                _record(workdir, step, name, {"error": errors[name]})
+                continue
+            results[name] = out
+            logging.info("eval %s @%d (%.1fs): %s", name, step, time.time() - t0, out)
+            writer.write_scalars(step, {f"{name}/{k}": v for k, v in out.items()})
+            _record(workdir, step, name, out)
+    return results, errors
