@@ -14,9 +14,13 @@ Evaluators re-batch the valid (mask=True) rows of the data into chunks of exactl
 rows, zero-padding the last chunk and discarding its padding outputs, so a jitted embed function
 sees one shape and padding never reaches a metric.
 
-`make_data(spec, split) -> (batches_fn, info)`: `batches_fn()` returns a fresh deterministic
-iterator of dicts {"image", "tokens", "label" (optional), "mask" bool [b]}; `info` provides
-`class_names`, `templates` and `encode_texts(list[str]) -> int32 [n, L]` (as attributes or keys).
+`make_data(spec, split, *, extra_texts=()) -> (batches_fn, info)`: `batches_fn()` returns a
+fresh deterministic iterator of dicts {"image", "tokens", "label" (optional), "<field>_tokens"
+for each field in `extra_texts`, "mask" bool [b]} over the split in source order; `info`
+provides (as attributes or keys) `fields` (the source's example fields, for checks before
+training), `captions(limit) -> list[str]` (caption texts in source order), `class_names`,
+`templates` and `encode_texts(list[str]) -> int32 [n, L]`. Evaluators check at construction
+that the data has what they need, so a mismatch fails before training, not after it.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -107,6 +111,19 @@ def info_field(info: Any, name: str) -> Any:
     return getattr(info, name, None)
 
 
+def require_fields(info: Any, needed: Sequence[str], where: str) -> None:
+    """Raises ValueError when the dataset's examples lack a field the evaluator needs."""
+    fields = info_field(info, "fields")
+    if fields is None:
+        return  # the data contract does not say; the first batch will tell
+    missing = [f for f in needed if f not in fields]
+    if missing:
+        raise ValueError(
+            f"{where}: the dataset's examples have no {missing} (they have {sorted(fields)}); "
+            "evaluate on data that has them, or remove this evaluator."
+        )
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     """Zero-pads [n, ...] to [rows, ...] along the first axis."""
     if x.shape[0] == rows:
@@ -184,4 +201,4 @@ def embed_all(fn: EmbedFn, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 # Importing the evaluator modules registers them; they import the helpers above.
-from experiments.evaluators import retrieval, zero_shot  # noqa: E402, F401
+from experiments.evaluators import hard_negatives, retrieval, zero_shot  # noqa: E402, F401

@@ -225,3 +225,30 @@ def _chance_any_in_top_k(c: np.ndarray, total: int, k: int) -> float:
     for j in range(k):
         miss *= np.maximum(total - c - j, 0.0) / (total - j)
     return float(np.mean(1.0 - miss))
+
+
+def hard_negative_accuracy(
+    image_emb: np.ndarray,
+    caption_emb: np.ndarray,
+    negative_emb: np.ndarray,
+    *,
+    tie_tol: float = DEFAULT_TIE_TOL,
+) -> dict[str, float]:
+    """How often each image prefers its true caption to its hard-negative caption.
+
+    Args:
+      image_emb, caption_emb, negative_emb: [N, D]; row i of each belongs to example i.
+
+    Returns:
+      {"accuracy": fraction with cos(image, caption) > cos(image, negative) + tie_tol (a tie
+      counts as wrong, as in the ranking rule), "chance_accuracy": 0.5}.
+    """
+    img = l2_normalize(_check_2d("image_emb", image_emb))
+    pos = l2_normalize(_check_2d("caption_emb", caption_emb))
+    neg = l2_normalize(_check_2d("negative_emb", negative_emb))
+    if not img.shape == pos.shape == neg.shape or img.shape[0] == 0:
+        raise ValueError(
+            f"need equal non-empty [N, D] shapes, got {img.shape}, {pos.shape}, {neg.shape}"
+        )
+    margin = np.sum(img * pos, axis=1) - np.sum(img * neg, axis=1)
+    return {"accuracy": float(np.mean(margin > tie_tol)), "chance_accuracy": 0.5}

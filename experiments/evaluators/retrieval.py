@@ -1,14 +1,16 @@
 """Image<->text retrieval: Recall@k in both directions over an eval split of captioned images.
 
 Each valid batch row is one (image, caption) pair, so the split gives N images and N captions
-with caption i describing image i. Captions with identical text (the same token row) are
-treated as one caption shared by their images: a model cannot rank equal texts apart, and
-synthetic data repeats captions ("a large red circle"), so scoring them as wrong would only
-measure the tie rule.
+with caption i describing image i: the standard protocol, comparable with published figures.
+With `group_identical_captions=True`, captions with exactly the same text are treated as one
+caption shared by their images: a model cannot rank equal texts apart, and synthetic data
+repeats captions ("a large red circle"), so scoring them as wrong would only measure the tie
+rule. Grouping is by the caption *text*, never by (possibly truncated) token rows.
 
 Config (`config.evals.<name>`):
   type="retrieval", data (dataset spec for make_data), split, batch_size (rows per embed call),
-  every_steps (default 0: only at the end), max_examples (default all), ks (default (1, 5, 10)).
+  every_steps (default 0: only at the end), max_examples (default all), ks (default (1, 5, 10)),
+  group_identical_captions (default False).
 """
 
 from typing import Any
@@ -19,7 +21,12 @@ from experiments import evaluators
 from experiments.evaluators import metrics
 
 _REQUIRED = ("data", "split", "batch_size")
-_OPTIONAL = {"every_steps": 0, "max_examples": None, "ks": (1, 5, 10)}
+_OPTIONAL = {
+    "every_steps": 0,
+    "max_examples": None,
+    "ks": (1, 5, 10),
+    "group_identical_captions": False,
+}
 
 
 @evaluators.register("retrieval")
@@ -27,7 +34,7 @@ class RetrievalEvaluator:
     """Image->text and text->image Recall@k.
 
     `run` returns {"i2t_r@{k}", "t2i_r@{k}", "chance_i2t_r@{k}", "chance_t2i_r@{k}" for k <= N,
-    "num_examples"}.
+    "num_examples"} and, when grouping, "distinct_captions".
     """
 
     def __init__(self, config: Any, *, make_data: evaluators.MakeData):
@@ -38,11 +45,15 @@ class RetrievalEvaluator:
         self.batch_size = int(cfg["batch_size"])
         self.max_examples = cfg["max_examples"]
         self.ks = tuple(int(k) for k in cfg["ks"])
-        self._batches_fn, _ = make_data(cfg["data"], cfg["split"])
+        self._batches_fn, info = make_data(cfg["data"], cfg["split"])
+        self.group = bool(cfg["group_identical_captions"])
+        self._captions = evaluators.info_field(info, "captions")
+        if self.group and self._captions is None:
+            raise ValueError("retrieval: group_identical_captions needs the data's caption texts")
 
     def run(self, embed_image: evaluators.EmbedFn, embed_text: evaluators.EmbedFn) -> dict:
         """Embeds every valid (image, caption) pair; returns flat float metrics."""
-        image_emb, text_emb, tokens = [], [], []
+        image_emb, text_emb = [], []
         for chunk, n in evaluators.valid_chunks(
             self._batches_fn,
             ("image", "tokens"),
@@ -51,16 +62,20 @@ class RetrievalEvaluator:
         ):
             image_emb.append(evaluators.embed_chunk(embed_image, chunk["image"], n))
             text_emb.append(evaluators.embed_chunk(embed_text, chunk["tokens"], n))
-            tokens.append(np.asarray(chunk["tokens"])[:n])
         if not image_emb:
             raise ValueError("retrieval: the eval split has no valid (mask=True) examples")
         image_emb, text_emb = np.concatenate(image_emb), np.concatenate(text_emb)
         num = len(image_emb)
-        _, caption_ids = np.unique(np.concatenate(tokens), axis=0, return_inverse=True)
-        caption_ids = caption_ids.reshape(-1)
-        out = metrics.grouped_retrieval_recall(
-            image_emb, text_emb, caption_ids, caption_ids, ks=self.ks
-        )
-        out["distinct_captions"] = float(caption_ids.max() + 1)
+        if not self.group:
+            out = metrics.retrieval_recall(image_emb, text_emb, np.arange(num), ks=self.ks)
+        else:
+            # Valid rows come in source order, so row i is caption i of the split.
+            texts = list(self._captions(num))
+            if len(texts) != num:
+                raise ValueError(f"retrieval: {len(texts)} caption texts for {num} examples")
+            ids: dict[str, int] = {}
+            groups = np.array([ids.setdefault(t, len(ids)) for t in texts])
+            out = metrics.grouped_retrieval_recall(image_emb, text_emb, groups, groups, ks=self.ks)
+            out["distinct_captions"] = float(len(ids))
         out["num_examples"] = float(num)
         return out

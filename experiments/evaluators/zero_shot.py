@@ -50,6 +50,7 @@ class ZeroShotEvaluator:
         self._batches_fn, info = make_data(cfg["data"], cfg["split"])
 
         where = f"zero_shot ({cfg['data']}:{cfg['split']})"
+        evaluators.require_fields(info, ("label",), where)
         class_names = cfg["class_names"] or evaluators.info_field(info, "class_names")
         templates = cfg["templates"] or evaluators.info_field(info, "templates")
         if not class_names:
