@@ -8,7 +8,7 @@ A config file is `experiments/configs/<family>/<name>.py` defining `get_config(a
         ...
 
 Launch: `--config experiments/configs/clip/base.py:variant=S/16,runlocal` and any field can
-be overridden afterwards (`--config.total_steps=100`, or `apply_overrides` here).
+be overridden afterwards (`--config.total_steps=100`); `load_config` does the same in code.
 
 Every unknown name fails loudly with the valid names and a "did you mean" suggestion: a typo
 in a config key must never silently fall back to a default after hours of compiling.
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import ast
 import difflib
-import importlib.util
-import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from etils import epath
+from ml_collections import config_flags
 
 
 class ConfigError(ValueError):
@@ -108,33 +108,31 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(result)
 
 
-def load_config(path_with_arg: str) -> ml_collections.ConfigDict:
-    """Imports a config file by path and returns `get_config(arg)`.
+def load_config(config_arg: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a config exactly as the entry points' `--config` flag does (ml_collections).
 
     Args:
-      path_with_arg: `"path/to/config.py"` or `"path/to/config.py:key=value,..."`; the text
-        after the first ':' is passed to `get_config` (as `ml_collections.config_flags` does).
+      config_arg: `"path/to/config.py"` or `"path/to/config.py:key=value,..."` (the text after
+        ':' goes to `get_config`).
+      overrides: `["total_steps=100", "optim.lr=0.1"]`, applied like `--config.<name>=<value>`
+        (unknown names and unparsable values are errors).
+
+    Raises:
+      ConfigError: a missing file, a bad argument or override (the message says which).
     """
-    path, sep, arg = path_with_arg.partition(":")
-    if not os.path.isfile(path):
+    path = config_arg.partition(":")[0]
+    if not epath.Path(path).is_file():
         raise ConfigError(f"Config file {path!r} does not exist")
-    # A unique module name per path: two configs of different families may share a file name.
-    module_name = "_vlax_config_" + os.path.abspath(path).replace(os.sep, "_").replace(".", "_")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"Cannot import config file {path!r} (is it a .py file?)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # Lets dataclasses/pickle inside the config resolve it.
-    spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"Config file {path!r} defines no get_config(arg=None) function")
-    config = get_config(arg) if sep else get_config()
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"{path}: get_config returned {type(config).__name__}, expected a ConfigDict"
-        )
-    return config
+    argv = ["vlax", f"--config={config_arg}", *(f"--config.{o}" for o in overrides)]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    try:
+        flag_values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{config_arg} with overrides {list(overrides)}: {e}") from e
+    return flag_values.config
 
 
 def _keys(config: Any) -> list[str]:
@@ -163,37 +161,3 @@ def check_keys(config: Any, allowed: Iterable[str] | Mapping[str, Any], where: s
             if not hasattr(value, "keys"):
                 raise ConfigError(f"{where}.{key} must be a group of fields, got {value!r}")
             check_keys(value, schema, f"{where}.{key}")
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    """Applies `["total_steps=100", "optim.lr=0.1", ...]` to `config` in place.
-
-    Each dotted name must already exist (overrides change fields, never add them); the value
-    is parsed into the existing field's type (a None field infers it from the text).
-
-    Raises:
-      ConfigError: an unknown name (with the closest valid sibling), a missing '=', or a value
-        that does not parse as the field's type.
-    """
-    for override in overrides:
-        name, sep, text = override.partition("=")
-        name = name.strip().removeprefix("--").removeprefix("config.")
-        if not sep or not name:
-            raise ConfigError(f"Override {override!r} is not of the form name=value")
-        node, where = config, "config"
-        *parents, leaf = name.split(".")
-        for part in [*parents, leaf]:
-            if not hasattr(node, "keys"):
-                raise ConfigError(f"Override {name!r}: {where} is a value, not a group of fields")
-            if part not in node:
-                raise ConfigError(
-                    f"Override {name!r}: {where} has no field {part!r}"
-                    f"{suggest(part, _keys(node))}; valid fields: {sorted(_keys(node))}"
-                )
-            parent, node, where = node, node[part], f"{where}.{part}"
-        if hasattr(node, "keys"):
-            raise ConfigError(f"Override {name!r}: cannot replace the group {where}")
-        try:
-            parent[leaf] = _coerce(text, node, name)
-        except TypeError as e:  # ConfigDict's own type safety (e.g. a typed placeholder).
-            raise ConfigError(f"Override {name!r}: {e}") from e

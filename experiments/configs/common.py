@@ -1,8 +1,11 @@
-"""Pieces shared by the configs: mesh/sharding defaults, the built-in data, the evals.
+"""Pieces shared by the configs: run defaults, data, evals, optimizer, tower sizes.
 
 Config files import this as `from experiments.configs import common` (run from the repo
-root). Each helper returns a fresh ConfigDict so configs never share mutable state.
+root). Every helper returns a fresh ConfigDict (or dict), so configs never share mutable state
+and a config reads as one short function.
 """
+
+import copy
 
 import ml_collections
 
@@ -10,21 +13,25 @@ from data import shapes
 from experiments import sharding
 
 ConfigDict = ml_collections.ConfigDict
+NUM_SHAPES_CLASSES = len(shapes.CLASS_NAMES)
 
 
-def base(*, total_steps: int, batch_size: int, seed: int = 0) -> ConfigDict:
-    """Fields every experiment has; data parallel over all devices by default."""
+def base(
+    *, total_steps: int, batch_size: int, seed: int = 0, fsdp: int = 1, tensor: int = 1
+) -> ConfigDict:
+    """Fields every experiment has; data parallel over the devices fsdp/tensor leave."""
     return ConfigDict(
         dict(
             seed=seed,
             total_steps=total_steps,
             batch_size=batch_size,
             log_every_steps=50,
-            mesh=(("data", -1), ("fsdp", 1), ("tensor", 1)),
+            mesh=(("data", -1), ("fsdp", fsdp), ("tensor", tensor)),
             mesh_dcn=(),
             sharding_rules=sharding.DEFAULT_RULES,
-            checkpoint=dict(every_steps=500, keep=2, async_save=True),
-            peak_flops_per_device=None,  # None: known accelerator table, or measured on CPU
+            sharding_strict=False,  # True: a rule a dimension cannot honour is an error
+            checkpoint=dict(every_steps=500, keep=2, async_save=True, allow_resume_changes=()),
+            peak_flops_per_device=0.0,  # 0: known accelerator table, or measured on CPU
         )
     )
 
@@ -52,33 +59,79 @@ def shapes_data(
             max_len=max_len,
             augment=True,
             prefetch=2,
+            num_threads=0,  # input threads; 0: min(16, CPU count)
+            mean=0.5,
+            std=0.5,
             tokenizer=dict(model="", vocab_size=vocab_size),
             source=dict(image_size=render_size, train_size=train_size, test_size=test_size),
         )
     )
 
 
-def shapes_evals(*, every_steps: int, batch_size: int) -> ConfigDict:
-    """Zero-shot over the 24 "colour shape" classes and retrieval, on the held-out split."""
+def tfds_data(
+    *,
+    name: str,
+    data_dir: str,
+    tokenizer: str,
+    image_size: int,
+    max_len: int,
+    vocab_size: int,
+    mean=0.5,
+    std=0.5,
+) -> ConfigDict:
+    """A prepared tfds image-text dataset (array_record under data_dir), for pod configs."""
     return ConfigDict(
         dict(
-            zero_shot=dict(
-                type="zero_shot",
-                every_steps=every_steps,
-                data="vlax_shapes",
-                split="test",
-                batch_size=batch_size,
-            ),
-            retrieval=dict(
-                type="retrieval",
-                every_steps=every_steps,
-                data="vlax_shapes",
-                split="test",
-                batch_size=batch_size,
-                max_examples=1000,
-            ),
+            name=name,
+            train_split="train",
+            data_dir=data_dir,
+            image_size=image_size,
+            max_len=max_len,
+            augment=True,
+            prefetch=2,
+            num_threads=0,
+            mean=mean,
+            std=std,
+            tokenizer=dict(model=tokenizer, vocab_size=vocab_size),
+            source={},
         )
     )
+
+
+def shapes_evals(*, every_steps: int, batch_size: int) -> ConfigDict:
+    """On the held-out split: zero-shot over the 24 "colour shape" classes, retrieval and
+    hard-negative caption accuracy."""
+    common = dict(every_steps=every_steps, data="vlax_shapes", split="test", batch_size=batch_size)
+    return ConfigDict(
+        dict(
+            zero_shot=dict(type="zero_shot", **common),
+            # The synthetic captions repeat (~250 distinct in 1000): equal texts are one caption.
+            retrieval=dict(
+                type="retrieval", max_examples=1000, group_identical_captions=True, **common
+            ),
+            hard_negatives=dict(type="hard_negatives", max_examples=1000, **common),
+        )
+    )
+
+
+def data_and_evals(
+    name: str, *, image_size: int, max_len: int, vocab_size: int, every_steps: int, eval_batch: int
+) -> tuple[ConfigDict, ConfigDict]:
+    """Data + evals for the tiny configs: the built-in shapes, or a user's own pairs.
+
+    `name` "vlax_shapes" gives `shapes_evals`. "user:/path" (a CSV, JSONL or folder of
+    image-caption pairs) trains on its "train" split and evaluates retrieval on its "test"
+    split (a `split` column, else a stable pseudo-random 5% by image path; see data.sources).
+    """
+    data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
+    if name == "vlax_shapes":
+        return data, shapes_evals(every_steps=every_steps, batch_size=eval_batch)
+    data.name = name
+    data.source = dict(strict=False) if name.startswith("user:") else {}
+    retrieval = dict(
+        type="retrieval", every_steps=every_steps, data=name, split="test", batch_size=eval_batch
+    )
+    return data, ConfigDict(dict(retrieval=retrieval))
 
 
 def adamw(
@@ -92,114 +145,75 @@ def adamw(
     freeze: tuple[str, ...] = (),
 ) -> ConfigDict:
     """AdamW with linear warmup, cosine decay and global-norm clipping at 1."""
-    optim = dict(
-        name="adamw",
-        lr=lr,
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        schedule="cosine",
-        b1=0.9,
-        b2=b2,
-        eps=eps,
-        weight_decay=weight_decay,
-        grad_clip_norm=1.0,
-    )
-    if freeze:
-        optim["freeze"] = tuple(freeze)
-    return ConfigDict(optim)
-
-
-def tfds_data(
-    *, name: str, data_dir: str, tokenizer: str, image_size: int, max_len: int, vocab_size: int
-) -> ConfigDict:
-    """A prepared tfds image-text dataset (array_record under data_dir), for pod configs."""
-    data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
-    data.name = name
-    data.data_dir = data_dir
-    data.source = {}
-    data.tokenizer.model = tokenizer
-    return data
-
-
-def data_and_evals(
-    name: str, *, image_size: int, max_len: int, vocab_size: int, every_steps: int, eval_batch: int
-) -> tuple[ConfigDict, ConfigDict]:
-    """Data + evals for the tiny configs: the built-in shapes, or a user's own pairs.
-
-    `name` "vlax_shapes" gives zero-shot + retrieval on its test split. "user:/path" (a CSV,
-    JSONL or folder of image-caption pairs) trains on the first 95% and evaluates retrieval
-    on the last 5%; unreadable images are skipped and counted (`source.strict=True`: error).
-    """
-    if name == "vlax_shapes":
-        return (
-            shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size),
-            shapes_evals(every_steps=every_steps, batch_size=eval_batch),
-        )
-    data = shapes_data(image_size=image_size, max_len=max_len, vocab_size=vocab_size)
-    data.name = name
-    data.train_split = "train[:95%]"
-    data.source = dict(strict=False) if name.startswith("user:") else {}
-    evals = ConfigDict(
+    return ConfigDict(
         dict(
-            retrieval=dict(
-                type="retrieval",
-                every_steps=every_steps,
-                data=name,
-                split="train[95%:]",
-                batch_size=eval_batch,
-            )
+            name="adamw",
+            lr=lr,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            schedule="cosine",
+            b1=0.9,
+            b2=b2,
+            eps=eps,
+            weight_decay=weight_decay,
+            grad_clip_norm=1.0,
+            freeze=tuple(freeze),
         )
     )
-    return data, evals
 
 
 def tiny_towers(*, out_dim: int = 96) -> tuple[dict, dict]:
     """A ViT and a text transformer that train in minutes on 2 CPU cores (36 patches of
     48 px images, 16 tokens; ~14 GFLOP per step at batch 128)."""
-    image = dict(
-        width=96,
-        depth=3,
-        mlp_dim=384,
-        num_heads=4,
-        patch_size=8,
-        posemb="learn",
-        pool_type="gap",
-        num_classes=out_dim,
-    )
-    text = dict(
-        width=96,
-        depth=3,
-        mlp_dim=384,
-        num_heads=4,
-        causal=True,
-        pool_type="eos",
-        num_classes=out_dim,
-    )
+    shared = dict(width=96, depth=3, mlp_dim=384, num_heads=4, num_classes=out_dim)
+    image = dict(shared, patch_size=8, posemb="learn", pool_type="gap")
+    text = dict(shared, causal=True, pool_type="eos")
     return image, text
 
 
-NUM_SHAPES_CLASSES = len(shapes.CLASS_NAMES)
+def tiny_contrastive(
+    *, data: str, steps: int, batch: int, lr: float, image=None, text=None, **model
+) -> ConfigDict:
+    """The whole tiny contrastive experiment (clip/siglip tiny); `model` holds the loss
+    fields (loss, temperature_init, bias_init, ...), `image`/`text` replace the towers."""
+    config = base(total_steps=steps, batch_size=batch)
+    config.objective = "contrastive"
+    default_image, default_text = tiny_towers()
+    config.model = dict(image=image or default_image, text=text or default_text, **model)
+    config.data, config.evals = data_and_evals(
+        data, image_size=48, max_len=16, vocab_size=128, every_steps=0, eval_batch=256
+    )
+    config.optim = adamw(
+        lr=lr, total_steps=steps, warmup_steps=max(1, steps // 10), weight_decay=0.1
+    )
+    config.checkpoint.every_steps = max(1, steps // 2)
+    return config
 
 
-def make_runlocal(config: ConfigDict) -> None:
-    """Shrinks a paper-scale config in place so it runs on a CPU in about a minute: same
-    model *structure* (pooling, norms, loss), mu-sized towers, the built-in data."""
-    for tower in (config.model.image, config.model.text):
-        if "variant" in tower:
-            del tower["variant"]
-        tower.update(width=32, depth=2, mlp_dim=64, num_heads=2, remat=False)
-        if "num_classes" in tower:
-            tower.num_classes = 32
-    config.model.image.patch_size = 16
-    config.model.text.vocab_size = 128
-    config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-    config.batch_size = 16
-    config.total_steps = 10
-    config.optim.total_steps = 10
-    config.optim.warmup_steps = 2
-    config.log_every_steps = 2
-    config.checkpoint.every_steps = 5
-    config.data = shapes_data(
+def cpu_sized(config: ConfigDict) -> ConfigDict:
+    """A copy of a paper-scale config that runs on a CPU in about a minute: the same model
+    *structure* (pooling, norms, loss), micro-sized towers, the built-in data, 10 steps."""
+    small = copy.deepcopy(config)
+    micro = dict(width=32, depth=2, mlp_dim=64, num_heads=2, remat=False)
+    for name in ("image", "text"):
+        tower = {k: v for k, v in config.model[name].items() if k != "variant"}
+        tower.update(micro, num_classes=32)
+        small.model[name] = tower
+    small.model.image.patch_size = 16
+    small.model.text.vocab_size = 128
+    steps = 10
+    small.update(
+        mesh=(("data", -1), ("fsdp", 1), ("tensor", 1)),
+        batch_size=16,
+        total_steps=steps,
+        log_every_steps=2,
+    )
+    # Whole groups are replaced, not merged field by field (their field types differ).
+    del small["data"], small["evals"]
+    small.data = shapes_data(
         image_size=64, max_len=16, vocab_size=128, train_size=512, test_size=128
     )
-    config.evals = shapes_evals(every_steps=0, batch_size=64)
+    small.evals = shapes_evals(every_steps=0, batch_size=64)
+    small.optim.update(total_steps=steps, warmup_steps=2)
+    small.checkpoint.every_steps = 5
+    return small

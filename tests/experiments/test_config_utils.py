@@ -7,13 +7,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from experiments.config_utils import (
-    ConfigError,
-    apply_overrides,
-    check_keys,
-    load_config,
-    parse_arg,
-)
+from experiments.config_utils import ConfigError, check_keys, load_config, parse_arg
 
 CONFIG_FILE = textwrap.dedent(
     """
@@ -73,19 +67,21 @@ def test_load_config_with_and_without_arg(config_path):
     assert config.optim.lr == 1e-3
 
 
+def test_load_config_overrides_like_the_command_line(config_path):
+    config = load_config(config_path, ["total_steps=100", "optim.lr=0.5", "tags=('x',)"])
+    assert config.total_steps == 100 and config.optim.lr == 0.5 and config.tags == ("x",)
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 def test_load_config_errors(tmp_path, config_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.py"))
-    no_fn = tmp_path / "no_fn.py"
-    no_fn.write_text("CONFIG = 1\n")
-    with pytest.raises(ConfigError, match="no get_config"):
-        load_config(str(no_fn))
-    wrong_type = tmp_path / "wrong_type.py"
-    wrong_type.write_text("def get_config(arg=None):\n    return {'a': 1}\n")
-    with pytest.raises(ConfigError, match="returned dict, expected a ConfigDict"):
-        load_config(str(wrong_type))
     with pytest.raises(ConfigError, match="'resolution'"):
         load_config(config_path + ":resolution=224")
+    with pytest.raises(ConfigError, match='Did you mean "total_steps"'):
+        load_config(config_path, ["totl_steps=100"])
+    with pytest.raises(ConfigError, match="total_steps=many"):
+        load_config(config_path, ["total_steps=many"])
 
 
 def test_check_keys_flat_and_nested(config_path):
@@ -96,48 +92,13 @@ def test_check_keys_flat_and_nested(config_path):
         check_keys(config, top - {"total_steps"} | {"total_step"}, "config")
     schema = {k: None for k in top} | {"optim": {"name", "lr", "grad_clip_norm"}}
     check_keys(config, schema, "config")
+    config.unlock()  # the entry points lock configs; check_keys is for dicts built in code
     config.optim.lrr = 0.1
     with pytest.raises(ConfigError, match=r"config.optim.lrr \(did you mean 'lr'\?\)"):
         check_keys(config, schema, "config")
     with pytest.raises(ConfigError, match="config.res must be a group"):
         check_keys(config, {k: None for k in top} | {"res": {"x"}}, "config")
     check_keys({"a": 1}, ["a", "b"], "plain dict")
-
-
-def test_apply_overrides(config_path):
-    config = load_config(config_path)
-    apply_overrides(
-        config,
-        [
-            "total_steps=100",
-            "--config.optim.lr=0.5",
-            "variant=L/14",
-            "scan=true",
-            "optim.grad_clip_norm=1.0",
-            "tags=('x',)",
-        ],
-    )
-    assert config.total_steps == 100 and config.optim.lr == 0.5 and config.variant == "L/14"
-    assert config.scan is True and config.optim.grad_clip_norm == 1.0 and config.tags == ("x",)
-    apply_overrides(config, ["optim.lr=1"])  # An int literal into a float field.
-    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
-
-
-def test_apply_overrides_errors(config_path):
-    config = load_config(config_path)
-    with pytest.raises(ConfigError, match=r"no field 'totl_steps' \(did you mean 'total_steps'"):
-        apply_overrides(config, ["totl_steps=100"])
-    with pytest.raises(ConfigError, match=r"config.optim has no field 'lrr'.*did you mean 'lr'"):
-        apply_overrides(config, ["optim.lrr=0.1"])
-    with pytest.raises(ConfigError, match="cannot parse as int"):
-        apply_overrides(config, ["total_steps=many"])
-    with pytest.raises(ConfigError, match="not of the form"):
-        apply_overrides(config, ["total_steps"])
-    with pytest.raises(ConfigError, match="cannot replace the group"):
-        apply_overrides(config, ["optim=3"])
-    with pytest.raises(ConfigError, match="config.res is a value"):
-        apply_overrides(config, ["res.x=3"])
-    assert config.total_steps == 1000  # Nothing half-applied by the failures above.
 
 
 def _parse_flags(argv):

@@ -34,8 +34,9 @@ def get_config(arg=None):
         runlocal=False,
         loss="softmax",
     )
-    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
-    config.mesh = (("data", -1), ("fsdp", arg.fsdp), ("tensor", arg.tensor))
+    config = common.base(
+        total_steps=arg.steps, batch_size=arg.batch, fsdp=arg.fsdp, tensor=arg.tensor
+    )
     config.objective = "contrastive"
     out_dim = 512
     config.model = dict(
@@ -74,13 +75,11 @@ def get_config(arg=None):
         image_size=224,
         max_len=77,
         vocab_size=32000,
+        mean=tuple(preprocess.CLIP_MEAN),
+        std=tuple(preprocess.CLIP_STD),
     )
-    config.data.mean = tuple(preprocess.CLIP_MEAN)
-    config.data.std = tuple(preprocess.CLIP_STD)
     config.optim = common.adamw(lr=5e-4, total_steps=arg.steps, warmup_steps=2000, weight_decay=0.2)
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
     config.evals = {}
-    if arg.runlocal:
-        common.make_runlocal(config)
-    return config
+    return common.cpu_sized(config) if arg.runlocal else config

@@ -14,6 +14,8 @@ top-1 19.4% (chance 4.2%), top-5 76.2%; retrieval R@1 t2i 31.9% / i2t 25.8% (cha
 close to the source run's 20.4% / 34.3% with a text tower trained from scratch.
 """
 
+from ml_collections import config_dict
+
 from experiments import config_utils
 from experiments.configs import common
 
@@ -22,19 +24,15 @@ def get_config(arg=None):
     arg = config_utils.parse_arg(
         arg, init="workdirs/clip_tiny_demo", steps=300, batch=128, lr=1e-3, loss="softmax"
     )
-    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
-    config.objective = "contrastive"
-    image, text = common.tiny_towers()
-    config.model = dict(image=image, text=text, loss=arg.loss, loss_impl="sharded")
-    config.init = dict(checkpoint=arg.init, step=None, load=("img",))
-    config.data = common.shapes_data(image_size=48, max_len=16)
-    config.optim = common.adamw(
+    config = common.tiny_contrastive(
+        data="vlax_shapes",
+        steps=arg.steps,
+        batch=arg.batch,
         lr=arg.lr,
-        total_steps=arg.steps,
-        warmup_steps=max(1, arg.steps // 10),
-        weight_decay=0.1,
-        freeze=("img/.*",),
+        loss=arg.loss,
+        loss_impl="sharded",
     )
-    config.checkpoint.every_steps = max(1, arg.steps // 2)
-    config.evals = common.shapes_evals(every_steps=0, batch_size=256)
+    # step: a placeholder (int or None) so `--config.init.step=N` can pick one; None = latest.
+    config.init = dict(checkpoint=arg.init, step=config_dict.placeholder(int), load=("img",))
+    config.optim.freeze = ("img/.*",)
     return config

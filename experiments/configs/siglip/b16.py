@@ -29,8 +29,9 @@ def get_config(arg=None):
         tensor=1,
         runlocal=False,
     )
-    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
-    config.mesh = (("data", -1), ("fsdp", arg.fsdp), ("tensor", arg.tensor))
+    config = common.base(
+        total_steps=arg.steps, batch_size=arg.batch, fsdp=arg.fsdp, tensor=arg.tensor
+    )
     config.objective = "contrastive"
     config.model = dict(
         image=dict(
@@ -72,6 +73,4 @@ def get_config(arg=None):
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
     config.evals = {}
-    if arg.runlocal:
-        common.make_runlocal(config)
-    return config
+    return common.cpu_sized(config) if arg.runlocal else config

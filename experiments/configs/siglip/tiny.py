@@ -14,25 +14,16 @@ from experiments.configs import common
 
 def get_config(arg=None):
     arg = config_utils.parse_arg(arg, data="vlax_shapes", steps=500, batch=128, lr=1e-3)
-    config = common.base(total_steps=arg.steps, batch_size=arg.batch)
-    config.objective = "contrastive"
-    image, text = common.tiny_towers()
-    config.model = dict(
-        image=image,
-        text=text,
+    return common.tiny_contrastive(
+        data=arg.data,
+        steps=arg.steps,
+        batch=arg.batch,
+        lr=arg.lr,
         loss="sigmoid",
         loss_impl="sharded",
         temperature_init=10.0,
         bias_init=-10.0,
     )
-    config.data, config.evals = common.data_and_evals(
-        arg.data, image_size=48, max_len=16, vocab_size=128, every_steps=0, eval_batch=256
-    )
-    config.optim = common.adamw(
-        lr=arg.lr, total_steps=arg.steps, warmup_steps=max(1, arg.steps // 10), weight_decay=0.1
-    )
-    config.checkpoint.every_steps = max(1, arg.steps // 2)
-    return config
 
 
 def get_sweep():
