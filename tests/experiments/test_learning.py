@@ -30,8 +30,10 @@ def test_tiny_clip_zero_shot_clears_3x_chance(tmp_path_factory):
     config.log_every_steps = 100
     config.evals = common.shapes_evals(every_steps=0, batch_size=64)
     results = trainer.train(config, str(tmp_path_factory.mktemp("learn")))["results"]
-    zs, ret = results["zero_shot"], results["retrieval"]
+    zs, ret, hard = results["zero_shot"], results["retrieval"], results["hard_negatives"]
     assert zs["num_examples"] == 512
     # Held-out test split, 24 classes: chance is 1/24.
     assert zs["top1"] >= 3 * zs["chance_top1"], zs
     assert ret["t2i_r@1"] >= 3 * ret["chance_t2i_r@1"], ret
+    # Attribute binding: measured 0.74 here; a model ignoring word order stays near 0.5.
+    assert hard["accuracy"] >= 0.6, hard

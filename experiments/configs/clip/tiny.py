@@ -6,9 +6,10 @@ r"""Tiny CLIP on the built-in synthetic shapes: the CPU demo (`make demo`).
 Variants: `--config experiments/configs/clip/tiny.py:steps=200,batch=64`, or your own
 pairs with `:data=user:/path/pairs.csv` (CSV, JSONL or a folder; a `split` column or a
 stable pseudo-random 5% is held out).
-Expected (measured on a 2-core CPU, 4.6 min of training): zero-shot top-1 20.4% over the
-24 "colour shape" classes (chance 4.2%), top-5 70.7%; retrieval R@1 t2i 34.3% / i2t 25.0%
-(chance 0.7%) on 1000 held-out pairs.
+Expected (measured 2026-12-01 on a 2-core AVX-512 CPU, 3 min of training, 0.36 s/step):
+zero-shot top-1 24.4% over the 24 "colour shape" classes (chance 4.2%), top-5 75.5%;
+retrieval R@1 t2i 46.6% / i2t 39.5% (chance 0.6%) on 1000 held-out pairs; hard-negative
+caption accuracy 87.2% (chance 50%).
 """
 
 from experiments import config_utils
