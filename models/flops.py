@@ -8,6 +8,10 @@ the full L x L score matrix, causal or not. Per transformer layer over L tokens 
     attention     2 * 2 * L^2 * D           (q k^T and probs v)
     mlp           2 * L * 2 * D * mlp_dim   (3 matrices instead of 2 for a gated/GLU MLP)
 
+Norm placement (pre- or post-LN), an embedding LayerNorm, token-type embeddings (a gather),
+padding masks and the pooling position add no matmuls, so BERT- and SigLIP-style text towers
+count like any other.
+
 Training costs 3x the forward (the backward computes activation and weight gradients, each
 about one forward); see `train_flops` for frozen towers.
 """

@@ -233,7 +233,12 @@ def _reshaped_init(
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN residual block: x + Attn(LN(x)), then x + MLP(LN(x)). [B, L, D] -> [B, L, D].
+    """Residual attention + MLP block. [B, L, D] -> [B, L, D].
+
+    Pre-LN (default, ViT/CLIP): x + Attn(LN(x)), then x + MLP(LN(x)). Post-LN
+    (`post_norm=True`, BERT): LN(x + Attn(x)), then LN(x + MLP(x)); the norms keep their
+    names, "ln_1" on the attention branch and "ln_2" on the MLP branch, so both layouts have
+    the same parameter tree.
 
     `causal` is a field (not a call argument) so the block stays scan/remat friendly:
     the only non-array call argument is `deterministic` (positional, static for remat).
@@ -244,6 +249,7 @@ class EncoderBlock(nn.Module):
     activation: str = "gelu"
     dropout: float = 0.0
     causal: bool = False
+    post_norm: bool = False
     norm_eps: float = 1e-6
     attn_implementation: str | None = None
     dtype: Dtype = jnp.float32
@@ -251,22 +257,28 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
         names = ("batch", "length", "embed")
-        y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_1")(x)
-        y = MultiHeadAttention(
+        ln_1 = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_1")
+        ln_2 = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_2")
+        attn = MultiHeadAttention(
             self.num_heads, dtype=self.dtype, implementation=self.attn_implementation, name="attn"
-        )(y, mask=mask, causal=self.causal)
-        y = nn.Dropout(self.dropout)(y, deterministic)
-        x = constrain(x + y, names)
-        y = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_2")(x)
-        y = MlpBlock(self.mlp_dim, self.activation, self.dropout, dtype=self.dtype, name="mlp")(
-            y, deterministic
         )
-        y = nn.Dropout(self.dropout)(y, deterministic)
+        mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout, dtype=self.dtype, name="mlp")
+        if self.post_norm:
+            y = nn.Dropout(self.dropout)(attn(x, mask=mask, causal=self.causal), deterministic)
+            x = constrain(ln_1(x + y), names)
+            y = nn.Dropout(self.dropout)(mlp(x, deterministic), deterministic)
+            return constrain(ln_2(x + y), names)
+        y = nn.Dropout(self.dropout)(attn(ln_1(x), mask=mask, causal=self.causal), deterministic)
+        x = constrain(x + y, names)
+        y = nn.Dropout(self.dropout)(mlp(ln_2(x), deterministic), deterministic)
         return constrain(x + y, names)
 
 
 class Encoder(nn.Module):
     """A stack of `EncoderBlock`s plus an optional final LayerNorm.
+
+    `post_norm=True` stacks post-LN blocks, whose output is already normalised: it needs
+    `final_norm=False` (a ValueError otherwise, rather than a silently extra norm).
 
     Parameters: unscanned, blocks are "block_0" ... "block_{depth-1}"; with `scan=True`
     one "blocks" subtree holds every leaf stacked along a leading `layers` axis (stack
@@ -283,6 +295,7 @@ class Encoder(nn.Module):
     scan: bool = False
     remat: bool = False
     final_norm: bool = True
+    post_norm: bool = False
     norm_eps: float = 1e-6
     attn_implementation: str | None = None
     dtype: Dtype = jnp.float32
@@ -296,6 +309,10 @@ class Encoder(nn.Module):
         Returns ([B, L, D], aux); aux["block_outputs"] lists each block's [B, L, D]
         output (unscanned only: a scan would have to stack them in memory).
         """
+        if self.post_norm and self.final_norm:
+            raise ValueError(
+                "post_norm=True blocks end in a LayerNorm already: set final_norm=False."
+            )
         block_cls = EncoderBlock
         if self.remat:
             # argnum 3 = `deterministic` (self is 0); static so dropout can branch on it.
@@ -306,6 +323,7 @@ class Encoder(nn.Module):
             activation=self.activation,
             dropout=self.dropout,
             causal=self.causal,
+            post_norm=self.post_norm,
             norm_eps=self.norm_eps,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,

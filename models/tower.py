@@ -52,7 +52,9 @@ class Tower(nn.Module):
             cfg.update({k: v for k, v in decoded.items() if k in cfg})
         return cfg
 
-    def _encoder(self, cfg: dict[str, int], *, causal: bool = False) -> layers.Encoder:
+    def _encoder(
+        self, cfg: dict[str, int], *, causal: bool = False, post_norm: bool = False
+    ) -> layers.Encoder:
         """The "encoder" stack: [B, L, D] (and a mask) -> ([B, L, D], aux)."""
         return layers.Encoder(
             depth=cfg["depth"],
@@ -64,6 +66,7 @@ class Tower(nn.Module):
             scan=self.scan,
             remat=self.remat,
             final_norm=self.final_norm,
+            post_norm=post_norm,
             norm_eps=self.norm_eps,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,

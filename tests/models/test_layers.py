@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 from jax.sharding import AxisType
+from scipy.special import erf
 
 from models import layers
 
@@ -308,6 +309,73 @@ def test_encoder_aux_dropout_and_axes(encoder_inputs, encoder_reference):
     unnormed = {k: v for k, v in params.items() if k != "encoder_norm"}
     y, aux = jax.jit(model.apply)({"params": unnormed}, x, mask)
     assert len(aux["block_outputs"]) == 2
+    np.testing.assert_array_equal(aux["block_outputs"][-1], y)
+
+
+def reference_block(p, x, mask, *, post_norm: bool, eps: float = 1e-6) -> np.ndarray:
+    """float64 numpy `EncoderBlock` (exact GELU, no causality): x [B, L, D], mask [B, 1, 1, L]."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+
+    def ln(name, h):
+        mu = h.mean(-1, keepdims=True)
+        var = ((h - mu) ** 2).mean(-1, keepdims=True)
+        return (h - mu) / np.sqrt(var + eps) * p[name]["scale"] + p[name]["bias"]
+
+    def attn(h):
+        a = p["attn"]
+        q, k, v = (
+            np.einsum("bld,dhk->blhk", h, a[n]["kernel"]) + a[n]["bias"]
+            for n in ("query", "key", "value")
+        )
+        logits = np.einsum("bthk,bshk->bhts", q, k) / np.sqrt(q.shape[-1])
+        logits = np.where(np.asarray(mask), logits, -np.inf)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        o = np.einsum("bhts,bshk->bthk", w, v)
+        return np.einsum("bthk,hkd->btd", o, a["out"]["kernel"]) + a["out"]["bias"]
+
+    def mlp(h):
+        m = p["mlp"]
+        h = h @ m["fc1"]["kernel"] + m["fc1"]["bias"]
+        h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))
+        return h @ m["fc2"]["kernel"] + m["fc2"]["bias"]
+
+    x = np.asarray(x, np.float64)
+    if post_norm:
+        x = ln("ln_1", x + attn(x))
+        return ln("ln_2", x + mlp(x))
+    x = x + attn(ln("ln_1", x))
+    return x + mlp(ln("ln_2", x))
+
+
+@pytest.mark.parametrize("post_norm", [False, True])
+def test_encoder_block_matches_reference(encoder_inputs, post_norm):
+    x, mask, _ = encoder_inputs
+    block = layers.EncoderBlock(num_heads=2, mlp_dim=64, post_norm=post_norm)
+    variables = random_params(block, x, mask)
+    # Same parameter tree in both layouts.
+    assert param_names(block, x, mask) == {n.removeprefix("/") for n in block_param_names("")}
+    y = jax.jit(block.apply)(variables, x, mask)
+    expected = reference_block(variables["params"], x, mask, post_norm=post_norm)
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+    if post_norm:  # a post-LN output is normalised: zero mean per token before the affine
+        ln_2 = variables["params"]["ln_2"]
+        centred = (np.asarray(y) - ln_2["bias"]) / ln_2["scale"]
+        np.testing.assert_allclose(centred.mean(-1), 0.0, atol=1e-5)
+
+
+def test_post_norm_encoder_has_no_final_norm(encoder_inputs):
+    x, mask, params = encoder_inputs
+    with pytest.raises(ValueError, match="final_norm=False"):
+        jax.eval_shape(encoder(post_norm=True).init, jax.random.key(0), x, mask)
+    model = encoder(post_norm=True, final_norm=False, causal=False)
+    unnormed = {k: v for k, v in params.items() if k != "encoder_norm"}
+    assert param_names(model, x, mask) == set(traverse_util.flatten_dict(unnormed, sep="/"))
+    y, aux = jax.jit(model.apply)({"params": unnormed}, x, mask)
+    h = x
+    for i in range(2):
+        h = reference_block(unnormed[f"block_{i}"], h, mask, post_norm=True)
+        np.testing.assert_allclose(aux["block_outputs"][i], h, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(aux["block_outputs"][-1], y)
 
 

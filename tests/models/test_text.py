@@ -1,10 +1,11 @@
-"""Tests for models/text.py: pooling, padding invariance, causality, sharding."""
+"""Tests for models/text.py: pooling, padding invariance, causality, BERT/SigLIP options,
+sharding."""
 
 import jax
 import numpy as np
 import pytest
 
-from models import text
+from models import layers, text
 from tests.models.test_layers import (
     assert_logically_partitioned,
     block_param_names,
@@ -56,12 +57,15 @@ def test_shapes_axes_and_padding_invariance(pool_type):
     np.testing.assert_allclose(
         out, aux["pre_logits"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5
     )
+    tokens = np.asarray(aux["tokens"])
+    if pool_type == "final":  # position L-1 whatever it holds: not padding invariant
+        np.testing.assert_allclose(aux["pre_logits"], tokens[:, -1], atol=1e-6)
+        return
     # Appending pad tokens leaves the pooled output unchanged.
     padded = np.pad(TOKENS, ((0, 0), (0, 4)), constant_values=PAD)
     out_padded, aux_padded = apply(variables, padded)
     np.testing.assert_allclose(aux_padded["pre_logits"], aux["pre_logits"], atol=1e-5)
     np.testing.assert_allclose(out_padded, out, atol=1e-5)
-    tokens = np.asarray(aux["tokens"])
     if pool_type in ("eos", "last"):
         np.testing.assert_allclose(aux["pre_logits"], tokens[[0, 1], [4, 7]], atol=1e-6)
     elif pool_type == "first":
@@ -124,6 +128,68 @@ def test_quick_gelu_and_no_head():
     gelu = model.clone(activation="gelu")
     out_gelu, _ = jax.jit(gelu.apply)(variables, TOKENS)
     assert not np.allclose(out, out_gelu, atol=1e-4)
+
+
+BERT = dict(
+    causal=False,
+    post_norm=True,
+    final_norm=False,
+    embed_norm=True,
+    type_vocab_size=2,
+    norm_eps=1e-12,
+    pool_type="mean",
+)
+
+
+def test_bert_options_parameters_and_embeddings():
+    model = make_model(**BERT)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), TOKENS)
+    assert_logically_partitioned(abstract)
+    table = abstract["params"]["type_embedding"]["embedding"]
+    assert table.names == ("vocab", "embed") and table.value.shape == (2, 32)
+    assert abstract["params"]["embedding_norm"]["scale"].names == ("embed",)
+    assert param_names(model, TOKENS) == (
+        {"token_embedding/embedding", "pos_embedding", "type_embedding/embedding"}
+        | {"embedding_norm/scale", "embedding_norm/bias"}
+        | block_param_names("encoder/block_0")
+    )
+    # The encoder sees LN(token + position + type-0 embeddings) and a key padding mask.
+    p = random_params(model, TOKENS)["params"]
+    _, aux = jax.jit(model.apply)({"params": p}, TOKENS)
+    emb = (
+        np.asarray(p["token_embedding"]["embedding"])[TOKENS]
+        + np.asarray(p["pos_embedding"])[:8]
+        + np.asarray(p["type_embedding"]["embedding"])[0]
+    )
+    mu, var = emb.mean(-1, keepdims=True), emb.var(-1, keepdims=True)
+    emb = (emb - mu) / np.sqrt(var + 1e-12) * p["embedding_norm"]["scale"]
+    emb = emb + p["embedding_norm"]["bias"]
+    size = {k: v for k, v in model.config().items() if k != "width"}
+    encoder = layers.Encoder(**size, post_norm=True, final_norm=False, norm_eps=1e-12)
+    mask = (TOKENS != PAD)[:, None, None, :]
+    expected, _ = jax.jit(encoder.apply)({"params": p["encoder"]}, emb, mask)
+    np.testing.assert_allclose(aux["tokens"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="final_norm=False"):
+        jax.eval_shape(make_model(**(BERT | {"final_norm": True})).init, jax.random.key(0), TOKENS)
+
+
+def test_unmasked_padding_is_attended_and_pooled():
+    masked = make_model(causal=False, pool_type="mean")
+    unmasked = masked.clone(mask_padding=False)
+    variables = random_params(masked, TOKENS)
+    _, aux = jax.jit(masked.apply)(variables, TOKENS)
+    _, aux_open = jax.jit(unmasked.apply)(variables, TOKENS)
+    # Row 1 has no padding: identical. Row 0 (5 tokens + 3 pads) changes.
+    np.testing.assert_allclose(aux_open["tokens"][1], aux["tokens"][1], atol=1e-6)
+    assert not np.allclose(aux_open["tokens"][0, :5], aux["tokens"][0, :5], atol=1e-3)
+    np.testing.assert_allclose(aux_open["pre_logits"], aux_open["tokens"].mean(1), atol=1e-6)
+    # SigLIP's tower: pool the final position, no mask; padding then changes the output.
+    siglip = unmasked.clone(pool_type="final", activation="gelu_tanh")
+    _, aux = jax.jit(siglip.apply)(variables, TOKENS)
+    np.testing.assert_allclose(aux["pre_logits"], aux["tokens"][:, -1], atol=1e-6)
+    padded = np.pad(TOKENS, ((0, 0), (0, 2)), constant_values=PAD)
+    _, aux_padded = jax.jit(siglip.apply)(variables, padded)
+    assert not np.allclose(aux_padded["pre_logits"], aux["pre_logits"], atol=1e-3)
 
 
 def test_errors():
