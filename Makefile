@@ -9,10 +9,11 @@ DEMO_WORKDIR ?= workdirs/clip_tiny_demo
 
 .PHONY: demo test lint install clean-venv
 
-$(STAMP): requirements.txt requirements-torch.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-torch.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 install: $(STAMP)

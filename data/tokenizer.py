@@ -2,38 +2,64 @@
 
 Special ids of models trained here (fixed so configs and checkpoints agree across runs):
 
-    pad = 0, unk = 1, eos = 2, bos = 3
+    pad = 0, unk = 1, bos = 2, eos = 3
 
 BOS gets a real id (rather than -1) because decoders (prefix LM, captioning) need a start
 token; contrastive text towers simply never see it (`encode` adds only EOS by default).
+EOS is not 2 because transformers' CLIP reads eos_token_id == 2 as its legacy rule (pool at
+the largest token id), so an exported CLIPModel would pool at the wrong token.
+
+`canonicalize=True` rewrites text before encoding as SigLIP / big_vision do (and
+transformers' SiglipTokenizer): punctuation removed, whitespace collapsed, and with
+`lowercase=True` lowercased; a tokenizer trained for such a run is trained on canonical text.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import string
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 
 from data import paths
 
-PAD_ID, UNK_ID, EOS_ID, BOS_ID = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from data.hf_tokenizer import HFTokenizer
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonical_text(text: str, *, lowercase: bool = False) -> str:
+    """SigLIP's text canonicalisation: [lowercase,] drop punctuation, collapse whitespace."""
+    if lowercase:
+        text = text.lower()
+    return re.sub(r"\s+", " ", text.translate(_PUNCTUATION)).strip()
 
 
 class Tokenizer:
     """A SentencePiece model with fixed-length, padded batch encoding.
 
-    Text is kept as is (no lowercasing); only SentencePiece's own normalisation applies.
+    Text is kept as is unless `canonicalize` (see the module docstring); SentencePiece's own
+    normalisation always applies.
     """
 
-    def __init__(self, model_path: paths.PathLike):
+    def __init__(
+        self, model_path: paths.PathLike, *, canonicalize: bool = False, lowercase: bool = False
+    ):
         """Loads a `.model` file, local or remote (gs://...): its bytes are read via epath."""
         path = paths.as_path(model_path)
         if not path.exists():
             raise FileNotFoundError(f"SentencePiece model not found: {model_path}")
+        if lowercase and not canonicalize:
+            raise ValueError("lowercase=True is part of canonicalize=True; set both")
         self.model_path = str(path)
+        self.canonicalize, self.lowercase = canonicalize, lowercase
         # `model_file=` opens local files only; the serialized proto works for any path.
         self._sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
 
@@ -78,7 +104,7 @@ class Tokenizer:
         prefix = [self.bos_id] if add_bos else []
         suffix = [self.eos_id] if add_eos else []
         room = max_len - len(prefix) - len(suffix)
-        for row, ids in enumerate(self._sp.encode(list(texts))):
+        for row, ids in enumerate(self._sp.encode(self._prepare(texts))):
             ids = prefix + ids[:room] + suffix
             out[row, : len(ids)] = ids
         return out
@@ -87,7 +113,12 @@ class Tokenizer:
         """Number of pieces of each text, int64 [N], without BOS/EOS and without truncation."""
         if isinstance(texts, str):
             raise TypeError("token_counts expects a sequence of strings, got a single str")
-        return np.array([len(ids) for ids in self._sp.encode(list(texts))], dtype=np.int64)
+        return np.array([len(ids) for ids in self._sp.encode(self._prepare(texts))], np.int64)
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if not self.canonicalize:
+            return list(texts)
+        return [canonical_text(t, lowercase=self.lowercase) for t in texts]
 
     def decode(self, ids: np.ndarray | Sequence[Sequence[int]]) -> list[str]:
         """Decodes [N, L] ids to N strings, stopping at the first EOS and skipping pad/BOS."""
@@ -165,14 +196,26 @@ def get_tokenizer(
     vocab_size: int = 1000,
     *,
     model_type: str = "unigram",
-) -> Tokenizer:
+    canonicalize: bool = False,
+    lowercase: bool = False,
+) -> Tokenizer | HFTokenizer:
     """Loads `model_path` (a `.model` file, local or gs://); if missing, trains it first.
 
-    The training corpus is `corpus_fn()`, e.g. a source's `captions(limit)`.
+    The training corpus is `corpus_fn()`, e.g. a source's `captions(limit)`. A path ending in
+    `.json` is a Hugging Face `tokenizer.json` (a pretrained text tower's): it must exist and
+    loads as a `data.hf_tokenizer.HFTokenizer`; `corpus_fn` and `vocab_size` are unused.
+    `canonicalize`/`lowercase`: see the module docstring (sentencepiece models only).
     """
     model_path = str(model_path)
+    if model_path.endswith(".json"):
+        # Imported here: `tokenizers` is needed only by runs that use such a file.
+        from data.hf_tokenizer import HFTokenizer
+
+        if canonicalize or lowercase:
+            raise ValueError(f"{model_path}: canonicalize/lowercase apply to .model files only")
+        return HFTokenizer(model_path)
     if not model_path.endswith(".model"):
-        raise ValueError(f"model_path must end in '.model', got {model_path!r}")
+        raise ValueError(f"model_path must end in '.model' or '.json', got {model_path!r}")
     if not paths.as_path(model_path).exists():
         if corpus_fn is None:
             raise FileNotFoundError(
@@ -180,8 +223,11 @@ def get_tokenizer(
                 "pass corpus_fn (e.g. the training captions) or point to an existing .model."
             )
         prefix = model_path[: -len(".model")]
-        train_sentencepiece(corpus_fn(), prefix, vocab_size, model_type=model_type)
-    return Tokenizer(model_path)
+        corpus = corpus_fn()
+        if canonicalize:
+            corpus = (canonical_text(t, lowercase=lowercase) for t in corpus)
+        train_sentencepiece(corpus, prefix, vocab_size, model_type=model_type)
+    return Tokenizer(model_path, canonicalize=canonicalize, lowercase=lowercase)
 
 
 def truncation_stats(

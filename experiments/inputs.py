@@ -6,8 +6,10 @@ config.data = dict(
     data_dir="data_cache",     # tfds data_dir (the built-in is generated here if missing)
     image_size=64, max_len=16, augment=True, prefetch=2,
     num_threads=0,             # input threads; 0: min(16, CPU count)
-    tokenizer=dict(model=None, vocab_size=256),  # None: <data_dir>/tokenizers/<name>_sp<V>.model,
-                                                 # trained on the train captions once
+    # model None: <data_dir>/tokenizers/<name>_sp<V>_v2.model, trained on the train captions
+    # once; a .json path is a Hugging Face tokenizer.json. canonicalize/lowercase: SigLIP's
+    # text canonicalisation (punctuation removed, optionally lowercased).
+    tokenizer=dict(model=None, vocab_size=256, canonicalize=False, lowercase=False),
     source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
 )
 """
@@ -46,7 +48,7 @@ DATA_KEYS = {
     "std",
     "num_threads",
 }
-TOKENIZER_KEYS = {"model", "vocab_size"}
+TOKENIZER_KEYS = {"model", "vocab_size", "canonicalize", "lowercase"}
 MAX_TOKENIZER_CORPUS = 200_000
 # Captions sampled (text only, no image decode) for the truncation warning.
 CAPTION_STATS_SAMPLE = 10_000
@@ -100,10 +102,17 @@ class Inputs:
 
     def _tokenizer(self, cfg) -> tokenizer_lib.Tokenizer:
         vocab_size = int(cfg.get("vocab_size", 1000))
+        flags = dict(
+            canonicalize=bool(cfg.get("canonicalize")), lowercase=bool(cfg.get("lowercase"))
+        )
         path = cfg.get("model")
         if not path:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
-            path = os.path.join(self.data_dir, "tokenizers", f"{slug}_sp{vocab_size}.model")
+            # v2: the special-id layout (bos 2, eos 3); c/l: canonical / lowercased text.
+            tag = "_v2" + "_c" * flags["canonicalize"] + "l" * flags["lowercase"]
+            path = str(
+                epath.Path(self.data_dir) / "tokenizers" / f"{slug}_sp{vocab_size}{tag}.model"
+            )
         split = self.config.get("train_split", "train")
 
         def corpus():
@@ -111,7 +120,7 @@ class Inputs:
             # A sample is enough for a subword vocabulary; reading a web-scale split is not.
             return src.captions(MAX_TOKENIZER_CORPUS)
 
-        return tokenizer_lib.get_tokenizer(path, corpus, vocab_size)
+        return tokenizer_lib.get_tokenizer(path, corpus, vocab_size, **flags)
 
     def _warn_truncation(self) -> None:
         """Warns when captions are longer than max_len (they would be cut silently)."""
@@ -142,6 +151,8 @@ class Inputs:
             "pad_id": tok.pad_id,
             "eos_id": tok.eos_id,
             "bos_id": tok.bos_id,
+            "canonicalize": bool(getattr(tok, "canonicalize", False)),
+            "lowercase": bool(getattr(tok, "lowercase", False)),
         }
 
     def description(self) -> dict[str, Any]:
