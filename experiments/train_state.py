@@ -76,7 +76,7 @@ class StateBuilder:
         step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
         self.abstract = {"step": step, "params": params, "opt_state": opt}
         self.init_config = init_config
-        self.init_step = check_init_towers(init_config, params) if init_config else None
+        self.init_source = check_init_towers(init_config, params) if init_config else None
 
     @property
     def shardings(self):
@@ -89,7 +89,7 @@ class StateBuilder:
             out_shardings=shardings_of(self.params),
         )(jax.random.key(seed))
         if self.init_config:
-            params = load_init_towers(params, self.init_config, self.params, self.init_step)
+            params = load_init_towers(params, self.init_config, self.params, self.init_source)
         return {
             "step": jax.device_put(jnp.zeros((), jnp.int32), self.abstract["step"].sharding),
             "params": params,
@@ -97,12 +97,29 @@ class StateBuilder:
         }
 
 
-def check_init_towers(init_config, params) -> int:
-    """Checks `config.init.load` towers against the source checkpoint's metadata (nothing is
-    read but metadata, nothing compiles). Returns the checkpoint step to load."""
-    saved, step = checkpointing.saved_param_signature(
-        init_config.checkpoint, init_config.get("step")
-    )
+class PretrainedTowers:
+    """`config.init.hf`: towers of a transformers checkpoint, read to host memory once."""
+
+    def __init__(self, src: str):
+        from experiments.export import hf_import  # torch-side deps only when asked for
+
+        self.src, self.params = src, hf_import.load_params(src)
+
+
+def check_init_towers(init_config, params) -> int | PretrainedTowers:
+    """Checks `config.init.load` towers against their source: a vlax checkpoint's metadata
+    (nothing else is read) or a transformers checkpoint (`init.hf`, read to host memory).
+    Nothing compiles. Returns the checkpoint step to load, or the pretrained towers."""
+    if init_config.get("hf"):
+        if init_config.get("checkpoint"):
+            raise config_utils.ConfigError("config.init takes `checkpoint` or `hf`, not both")
+        source = PretrainedTowers(init_config.hf)
+        saved, step, where = run_meta.param_signature(source.params), source, init_config.hf
+    else:
+        saved, step = checkpointing.saved_param_signature(
+            init_config.checkpoint, init_config.get("step")
+        )
+        where = f"config.init.checkpoint={init_config.checkpoint} (step {step})"
     want = run_meta.param_signature(params)
     names = list(init_config.load)
     saved_towers = sorted({k.split("/")[0] for k in saved})
@@ -117,17 +134,28 @@ def check_init_towers(init_config, params) -> int:
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise run_meta.CheckpointMismatchError(
-                f"config.init.checkpoint={init_config.checkpoint} (step {step}): tower {name!r} "
-                f"does not match this model's, e.g. {diff[:3]}."
+                f"{where}: tower {name!r} does not match this model's, e.g. {diff[:3]} "
+                "(saved vs model [shape, dtype])."
             )
     return step
 
 
-def load_init_towers(params, init_config, abstract, step: int):
-    """LiT-style init: reads only the `init.load` subtrees, straight into their shardings."""
+def load_init_towers(params, init_config, abstract, source: int | PretrainedTowers):
+    """LiT-style init: only the `init.load` subtrees, placed straight into their shardings."""
     names = list(init_config.load)
-    loaded, _ = checkpointing.load_param_subtrees(
-        init_config.checkpoint, step, {n: abstract[n] for n in names}
-    )
-    logging.info("Loaded %s from %s (step %d).", names, init_config.checkpoint, step)
+    if isinstance(source, PretrainedTowers):
+        loaded = {
+            n: jax.tree.map(
+                lambda x, a: jax.device_put(x.astype(a.dtype), a.sharding),
+                source.params[n],
+                abstract[n],
+            )
+            for n in names
+        }
+        logging.info("Loaded %s from the transformers checkpoint %s.", names, source.src)
+    else:
+        loaded, _ = checkpointing.load_param_subtrees(
+            init_config.checkpoint, source, {n: abstract[n] for n in names}
+        )
+        logging.info("Loaded %s from %s (step %d).", names, init_config.checkpoint, source)
     return {**params, **loaded}

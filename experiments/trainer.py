@@ -57,7 +57,7 @@ CONFIG_SCHEMA = {
     "sharding_rules": None,
     "sharding_strict": None,
     "optim": None,  # validated by experiments.optimizer
-    "init": {"checkpoint", "step", "load"},
+    "init": {"checkpoint", "step", "load", "hf"},
     "checkpoint": {"every_steps", "keep", "async_save", "allow_resume_changes"},
     "data": None,  # validated by experiments.inputs
     "evals": None,  # validated by each evaluator
@@ -179,7 +179,8 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
         )
         resume_step = _check_resume(config, workdir, meta) if workdir else None
         init = config.get("init")
-        load_init = bool(init and init.get("checkpoint")) and resume_step is None
+        load_init = bool(init and (init.get("checkpoint") or init.get("hf")))
+        load_init = load_init and resume_step is None
         states = train_state.StateBuilder(
             model, dummy, boxed, params, tx, mesh, rules, init_config=init if load_init else None
         )

@@ -62,7 +62,7 @@ def shapes_data(
             num_threads=0,  # input threads; 0: min(16, CPU count)
             mean=0.5,
             std=0.5,
-            tokenizer=dict(model="", vocab_size=vocab_size),
+            tokenizer=dict(model="", vocab_size=vocab_size, canonicalize=False, lowercase=False),
             source=dict(image_size=render_size, train_size=train_size, test_size=test_size),
         )
     )
@@ -92,7 +92,9 @@ def tfds_data(
             num_threads=0,
             mean=mean,
             std=std,
-            tokenizer=dict(model=tokenizer, vocab_size=vocab_size),
+            tokenizer=dict(
+                model=tokenizer, vocab_size=vocab_size, canonicalize=False, lowercase=False
+            ),
             source={},
         )
     )
@@ -162,27 +164,50 @@ def adamw(
     )
 
 
-def tiny_towers(*, out_dim: int = 96) -> tuple[dict, dict]:
+def tiny_towers(style: str = "clip", *, out_dim: int = 96) -> tuple[dict, dict]:
     """A ViT and a text transformer that train in minutes on 2 CPU cores (36 patches of
-    48 px images, 32 tokens; ~19 GFLOP per step at batch 128)."""
-    shared = dict(width=96, depth=3, mlp_dim=384, num_heads=4, num_classes=out_dim)
-    image = dict(shared, patch_size=8, posemb="learn", pool_type="gap")
-    text = dict(shared, causal=True, pool_type="eos")
+    48 px images, 32 tokens; ~19 GFLOP per step at batch 128), in the layout of an exact
+    transformers class so a run exports with `--format hf`:
+
+    "clip": CLIPModel (cls pooling over a learned table, ln_pre, quick-GELU, eps 1e-5,
+      bias-free patch embedding and projections; causal EOS-pooled text).
+    "siglip": SiglipModel (MAP-head pooling, no image projection, tanh-GELU; bidirectional
+      text pooled at the final position with padding attended, biased projection).
+    """
+    shared = dict(width=96, depth=3, mlp_dim=384, num_heads=4)
+    if style == "clip":
+        common = dict(
+            shared, activation="quick_gelu", norm_eps=1e-5, head_bias=False, num_classes=out_dim
+        )
+        image = dict(
+            common, patch_size=8, posemb="learn", pool_type="cls", ln_pre=True, patch_bias=False
+        )
+        text = dict(common, causal=True, pool_type="eos")
+    elif style == "siglip":
+        common = dict(shared, activation="gelu_tanh")
+        image = dict(common, patch_size=8, posemb="learn", pool_type="map")
+        text = dict(
+            common, causal=False, pool_type="final", mask_padding=False, num_classes=shared["width"]
+        )
+    else:
+        raise ValueError(f"style must be 'clip' or 'siglip', got {style!r}")
     return image, text
 
 
 def tiny_contrastive(
-    *, data: str, steps: int, batch: int, lr: float, image=None, text=None, **model
+    *, data: str, steps: int, batch: int, lr: float, style: str = "clip", **model
 ) -> ConfigDict:
     """The whole tiny contrastive experiment (clip/siglip tiny); `model` holds the loss
-    fields (loss, temperature_init, bias_init, ...), `image`/`text` replace the towers."""
+    fields (loss, temperature_init, bias_init, ...), `style` the towers (`tiny_towers`)."""
     config = base(total_steps=steps, batch_size=batch)
     config.objective = "contrastive"
-    default_image, default_text = tiny_towers()
-    config.model = dict(image=image or default_image, text=text or default_text, **model)
+    image, text = tiny_towers(style)
+    config.model = dict(image=image, text=text, **model)
     config.data, config.evals = data_and_evals(
         data, image_size=48, max_len=32, vocab_size=128, every_steps=0, eval_batch=256
     )
+    # SigLIP canonicalises text (as transformers' SiglipTokenizer does).
+    config.data.tokenizer.canonicalize = style == "siglip"
     config.optim = adamw(
         lr=lr, total_steps=steps, warmup_steps=max(1, steps // 10), weight_decay=0.1
     )

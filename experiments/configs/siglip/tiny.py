@@ -3,10 +3,10 @@ r"""Tiny SigLIP (sigmoid loss, ring-sharded) on the built-in synthetic shapes; C
     python -m experiments.train --config experiments/configs/siglip/tiny.py \
         --workdir workdirs/siglip_tiny
 
-Same towers and data as clip/tiny; only the loss differs (learnable temperature, init 10,
-and bias, init -10). Measured (2026-12-01, 2-core AVX-512 CPU, 500 steps, 3 min 36 s for
-the command): zero-shot top-1 23.1% over 24 classes (chance 4.2%), top-5 81.0%; retrieval
-R@1 t2i 38.6% / i2t 32.8% (chance 0.6%); hard-negative caption accuracy 84.0% (chance 50%).
+Same sizes and data as clip/tiny, SigLIP-style towers (MAP-head image pooling, text pooled at
+the final position, canonicalised text: an exact transformers SiglipModel) and the sigmoid
+loss (learnable temperature, init 10, and bias, init -10). Measured: see README (re-measured
+with these towers).
 """
 
 from experiments import config_utils
