@@ -6,6 +6,12 @@ Specs:
                           any tfds dataset already prepared under data_dir as array_record
                           (never downloaded here: a missing one raises DatasetNotFoundError).
   "user:<path>"           the user's own pairs: a folder, a .csv or a .jsonl (data.user_pairs).
+  "fashion_mnist"         Fashion-MNIST from Debian's dataset-fashion-mnist IDX files
+                          (data.fashion_mnist); data_dir is the folder of the IDX files
+                          (default /usr/share/datasets/fashion-mnist). Captions are the class
+                          name in one of five templates; "label" is the class. (A tfds
+                          build of the same name stays reachable by version, e.g.
+                          "fashion_mnist:3.0.1".)
 
 Paths (data_dir, user data) may be local or remote (gs://...): all go through etils.epath.
 
@@ -18,6 +24,7 @@ statistics).
 Splits: a name, optionally sliced tfds-style by example counts or percents of the split:
 "train", "test", "train[:10%]", "train[90%:]", "test[5:]", "test[:100]".
   * tfds datasets have the splits they were prepared with (vlax_shapes: "train", "test").
+  * fashion_mnist has "train" (60,000) and "test" (10,000).
   * User data has "train" and "test". A row's optional `split` column (CSV) / key (JSONL)
     decides ("train", or "test"; "val" and "validation" also mean "test"); a row without
     one goes to "test" with probability `holdout` (default 0.05) by a stable hash of its
@@ -34,9 +41,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data import paths, shapes, shapes_tfds, user_listing, user_pairs
+from data import fashion_mnist, paths, shapes, shapes_tfds, user_listing, user_pairs
 
 BUILTIN = "vlax_shapes"
+FASHION_MNIST = "fashion_mnist"
 USER_PREFIX = "user:"
 _SHAPES_KWARGS = ("image_size", "train_size", "test_size", "p_two_objects")
 _USER_KWARGS = ("strict", "image_root", "holdout")
@@ -132,12 +140,13 @@ def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None,
     """Returns a random-access source for `spec` and `split` (see the module docstring).
 
     Args:
-      spec: "vlax_shapes", a tfds name, or "user:<path>" (local or gs://).
+      spec: "vlax_shapes", "fashion_mnist", a tfds name, or "user:<path>" (local or gs://).
       split: e.g. "train", "test", "train[:90%]".
       data_dir: tfds data directory (local or gs://); defaults to $TFDS_DATA_DIR or
-        ~/tensorflow_datasets.
+        ~/tensorflow_datasets. For fashion_mnist the folder of its IDX files (default
+        /usr/share/datasets/fashion-mnist).
       **kw: vlax_shapes: image_size, train_size, test_size, p_two_objects;
-        user data: strict, image_root, holdout; other tfds datasets: none.
+        user data: strict, image_root, holdout; fashion_mnist and other tfds datasets: none.
 
     Raises:
       DatasetNotFoundError: the dataset is not available locally.
@@ -147,6 +156,9 @@ def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None,
     if spec.startswith(USER_PREFIX):
         _check_kwargs(spec, kw, _USER_KWARGS)
         return _user_source(spec, split, **kw)
+    if spec == FASHION_MNIST:
+        _check_kwargs(spec, kw, ())
+        return _fashion_mnist_source(split, data_dir)
     if spec == BUILTIN:
         _check_kwargs(spec, kw, _SHAPES_KWARGS)
         builder = shapes_tfds.VlaxShapes(data_dir=data_dir, **kw)
@@ -179,15 +191,46 @@ def _user_source(spec: str, split: str, **kw) -> user_pairs.UserPairsSource:
     return source
 
 
+def _fashion_mnist_source(
+    split: str, data_dir: paths.PathLike | None
+) -> fashion_mnist.FashionMnistSource:
+    root = paths.as_path(data_dir if data_dir is not None else fashion_mnist.DEFAULT_DIR)
+    name, start, stop = _parse_split(split)
+    if name not in fashion_mnist.SPLITS:
+        raise ValueError(
+            f"Dataset {FASHION_MNIST!r} has no split {name!r}; available: "
+            f"{sorted(fashion_mnist.SPLITS)}."
+        )
+    try:
+        source = fashion_mnist.FashionMnistSource(root, name)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(
+            f"Dataset {FASHION_MNIST!r} not found: {e}. Install Debian's IDX files with "
+            f"`{fashion_mnist.INSTALL_HINT}` (they go to {fashion_mnist.DEFAULT_DIR}), or "
+            "point data_dir at a folder holding them."
+        ) from None
+    source = source.select(*_slice_bounds(start, stop, len(source)))
+    if not len(source):
+        raise ValueError(f"Split {split!r} of {FASHION_MNIST!r} selects no examples.")
+    return source
+
+
 def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
     """What evaluators need beyond the examples: class_names and prompt_templates, if any.
 
     Returns:
       {} for user data; {"class_names": [...]} for a tfds dataset with a ClassLabel "label";
-      for vlax_shapes also "prompt_templates" and "has_hard_negatives".
+      for vlax_shapes also "prompt_templates" and "has_hard_negatives"; for fashion_mnist
+      "class_names" and "prompt_templates" (fashion_mnist.PROMPT_TEMPLATES, none of which
+      is a training caption template), without reading the data.
     """
     if spec.startswith(USER_PREFIX):
         return {}
+    if spec == FASHION_MNIST:
+        return {
+            "class_names": list(fashion_mnist.CLASS_NAMES),
+            "prompt_templates": list(fashion_mnist.PROMPT_TEMPLATES),
+        }
     if spec == BUILTIN:
         return {
             "class_names": list(shapes.CLASS_NAMES),

@@ -169,7 +169,11 @@ def import_bert(model_dir: str | epath.PathLike, *, pool_type: str = "mean") -> 
     hf_prefix = "bert." if any(name.startswith("bert.") for name in state) else ""
     model = text.TextTransformer(**text_config)
     tokens = jnp.zeros((1, 1), jnp.int32)
-    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens))["params"]
+    # Shapes only, outside any trainer mesh (config.init.hf runs inside one, where the
+    # tower's sharding constraints would apply to this 1-row batch).
+    with jax.set_mesh(None):
+        boxed = jax.eval_shape(lambda r: model.init(r, tokens), jax.random.key(0))
+        abstract = nn.meta.unbox(boxed)["params"]
     params = mapping.from_torch(
         state,
         rules("", hf_prefix),
