@@ -28,23 +28,43 @@ class EvaluationError(RuntimeError):
     """One or more evaluators failed (their errors are in eval_results.json)."""
 
 
-def make_embed_fns(model) -> tuple[Callable, Callable]:
-    """Jitted (params, batch) -> embeddings, built once so evals never recompile."""
-    return tuple(
-        jax.jit(lambda p, x, m=method: model.apply({"params": p}, x, method=m))
-        for method in ("embed_image", "embed_text")
-    )
+def check_methods(model, evaluators: dict) -> None:
+    """Every method an evaluator names must exist on the objective (before anything compiles)."""
+    for name, evaluator in evaluators.items():
+        missing = [m for m in evaluator.methods if not callable(getattr(model, m, None))]
+        if missing:
+            raise ValueError(
+                f"evals.{name} needs the objective method(s) {missing}, which "
+                f"{type(model).__name__} does not have."
+            )
+
+
+def make_predict_fns(model, methods) -> dict[str, Callable]:
+    """One jitted (params, arrays, static kwargs) -> outputs per named method, built once so
+    evaluations never recompile (static kwargs are part of the cache key)."""
+
+    def make(method):
+        def apply(params, arrays, static):
+            return model.apply({"params": params}, *arrays, method=method, **dict(static))
+
+        return jax.jit(apply, static_argnums=(2,))
+
+    return {m: make(m) for m in methods}
 
 
 def _on_devices(fn, params, mesh):
     batch_sharding = sharding.batch_sharding(mesh)
 
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i])
+
     # Every process reads the same eval rows: place each device's slice of them, then gather
     # the outputs back to every host.
-    def run(x):
-        x = np.asarray(x)
-        out = fn(params, jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i]))
-        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+    def run(*arrays, **static):
+        out = fn(params, tuple(place(x) for x in arrays), tuple(sorted(static.items())))
+        gathered = multihost_utils.process_allgather(out, tiled=True)
+        return jax.tree.map(np.asarray, gathered)
 
     return run
 
@@ -69,11 +89,11 @@ def run_evals(setup, params, step: int, writer, workdir: str, *, final: bool):
     if not due:
         return results, errors
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-        embed_image, embed_text = (_on_devices(f, params, setup.mesh) for f in setup.embed_fns)
+        predict = {m: _on_devices(f, params, setup.mesh) for m, f in setup.predict_fns.items()}
         for name, evaluator in due.items():
             t0 = time.time()
             try:
-                out = evaluator.run(embed_image, embed_text)
+                out = evaluator.run({m: predict[m] for m in evaluator.methods})
             except Exception as e:  # noqa: BLE001 - isolate evaluators; re-raised at the end
                 logging.exception("eval %s @%d failed", name, step)
                 errors[name] = f"{type(e).__name__}: {e}"

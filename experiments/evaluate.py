@@ -47,8 +47,11 @@ def hf_config(config: ml_collections.ConfigDict, hf_dir: str) -> ml_collections.
         config.data.tokenizer.model = str(src / "tokenizer.json")
     elif (src / "spiece.model").exists():
         tok = json.loads((src / "tokenizer_config.json").read_text())
-        config.data.tokenizer.update(model=str(src / "spiece.model"), canonicalize=True,
-                                     lowercase=bool(tok.get("do_lower_case", False)))
+        config.data.tokenizer.update(
+            model=str(src / "spiece.model"),
+            canonicalize=True,
+            lowercase=bool(tok.get("do_lower_case", False)),
+        )
     else:
         raise FileNotFoundError(f"{hf_dir} has no tokenizer.json or spiece.model")
     if "init" in config:

@@ -90,8 +90,10 @@ class Setup:
         return sum(self.flops_by_dtype.values())
 
     @functools.cached_property
-    def embed_fns(self) -> tuple[Callable, Callable]:
-        return eval_runner.make_embed_fns(self.model)
+    def predict_fns(self) -> dict[str, Callable]:
+        """The jitted inference methods the evaluators name (each once)."""
+        methods = sorted({m for e in self.evaluators.values() for m in e.methods})
+        return eval_runner.make_predict_fns(self.model, methods)
 
     def fresh_state(self) -> dict:
         """A newly initialised, sharded train state (what a fresh run starts from)."""
@@ -161,6 +163,7 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
     objective_cls = objectives.get_objective(config.objective)
     model_config = inputs.complete_model_config(objective_cls, config.model, data)
     model = objective_cls(**model_config)
+    eval_runner.check_methods(model, evaluators)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         dummy = data.dummy_batch(config.batch_size)

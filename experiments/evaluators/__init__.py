@@ -6,13 +6,18 @@ Configured under `config.evals.<name>` with a `type` naming a registered evaluat
         type="zero_shot", every_steps=500, data="vlax_shapes", split="test", batch_size=64))
 
 The trainer builds them with `build_evaluators(config.evals, make_data=...)`, which validates
-every config before anything compiles, then calls `evaluator.run(embed_image, embed_text)` every
-`every_steps` steps (0/None: only at the end). Shapes the embed functions see:
+every config before anything compiles. An evaluator declares in `methods` the objective's
+inference methods it needs (`("embed_image", "embed_text")`, `("generate",)`, ...); the
+trainer checks the objective has them, jits each one once with the right shardings (it never
+names a method itself), and every `every_steps` steps (0/None: only at the end) calls
+`evaluator.run(predict)` with `predict[name](*arrays, **static) -> outputs` as numpy trees:
+each array has a leading batch dimension (placed sharded over the batch mesh axes), keyword
+arguments are static (e.g. decoding settings). For the contrastive methods:
     embed_image(images float32 [batch_size, S, S, 3]) -> [batch_size, D]  (L2-normalised)
     embed_text(tokens int32 [batch_size, L]) -> [batch_size, D]            (L2-normalised)
 Evaluators re-batch the valid (mask=True) rows of the data into chunks of exactly `batch_size`
-rows, zero-padding the last chunk and discarding its padding outputs, so a jitted embed function
-sees one shape and padding never reaches a metric.
+rows, zero-padding the last chunk and discarding its padding outputs, so a jitted method sees
+one shape and padding never reaches a metric.
 
 `make_data(spec, split, *, extra_texts=()) -> (batches_fn, info)`: `batches_fn()` returns a
 fresh deterministic iterator of dicts {"image", "tokens", "label" (optional), "<field>_tokens"
@@ -29,13 +34,16 @@ from typing import Any, Protocol
 import numpy as np
 
 EmbedFn = Callable[[np.ndarray], Any]
+PredictFns = Mapping[str, Callable[..., Any]]
 MakeData = Callable[[str, str], tuple[Callable[[], Iterator[Mapping[str, Any]]], Any]]
+CONTRASTIVE_METHODS = ("embed_image", "embed_text")
 
 
 class Evaluator(Protocol):
     every_steps: int  # 0 = only at the end of training
+    methods: tuple[str, ...]  # the objective's inference methods `run` calls
 
-    def run(self, embed_image: EmbedFn, embed_text: EmbedFn) -> dict[str, float]: ...
+    def run(self, predict: PredictFns) -> dict[str, float]: ...
 
 
 _REGISTRY: dict[str, type] = {}

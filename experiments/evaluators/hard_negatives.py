@@ -32,6 +32,7 @@ class HardNegativeEvaluator:
             config, type_name="hard_negatives", required=_REQUIRED, optional=_OPTIONAL
         )
         self.every_steps = cfg["every_steps"]
+        self.methods = evaluators.CONTRASTIVE_METHODS
         self.batch_size = int(cfg["batch_size"])
         self.max_examples = cfg["max_examples"]
         where = f"hard_negatives ({cfg['data']}:{cfg['split']})"
@@ -39,7 +40,8 @@ class HardNegativeEvaluator:
         self._batches_fn, info = make_data(cfg["data"], cfg["split"], extra_texts=(_NEGATIVE,))
         evaluators.require_fields(info, (_NEGATIVE,), where)
 
-    def run(self, embed_image: evaluators.EmbedFn, embed_text: evaluators.EmbedFn) -> dict:
+    def run(self, predict: evaluators.PredictFns) -> dict:
+        embed_image, embed_text = predict["embed_image"], predict["embed_text"]
         keys = ("image", "tokens", f"{_NEGATIVE}_tokens")
         embedded: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for chunk, n in evaluators.valid_chunks(

@@ -42,6 +42,7 @@ class RetrievalEvaluator:
             config, type_name="retrieval", required=_REQUIRED, optional=_OPTIONAL
         )
         self.every_steps = cfg["every_steps"]
+        self.methods = evaluators.CONTRASTIVE_METHODS
         self.batch_size = int(cfg["batch_size"])
         self.max_examples = cfg["max_examples"]
         self.ks = tuple(int(k) for k in cfg["ks"])
@@ -51,8 +52,9 @@ class RetrievalEvaluator:
         if self.group and self._captions is None:
             raise ValueError("retrieval: group_identical_captions needs the data's caption texts")
 
-    def run(self, embed_image: evaluators.EmbedFn, embed_text: evaluators.EmbedFn) -> dict:
+    def run(self, predict: evaluators.PredictFns) -> dict:
         """Embeds every valid (image, caption) pair; returns flat float metrics."""
+        embed_image, embed_text = predict["embed_image"], predict["embed_text"]
         image_emb, text_emb = [], []
         for chunk, n in evaluators.valid_chunks(
             self._batches_fn,

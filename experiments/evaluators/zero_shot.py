@@ -44,6 +44,7 @@ class ZeroShotEvaluator:
             config, type_name="zero_shot", required=_REQUIRED, optional=_OPTIONAL
         )
         self.every_steps = cfg["every_steps"]
+        self.methods = evaluators.CONTRASTIVE_METHODS
         self.batch_size = int(cfg["batch_size"])
         self.max_examples = cfg["max_examples"]
         self.ks = tuple(int(k) for k in cfg["ks"])
@@ -81,8 +82,9 @@ class ZeroShotEvaluator:
         text_emb = evaluators.embed_all(embed_text, self.prompt_tokens, self.batch_size)
         return metrics.class_embeddings(text_emb, num_templates=len(self.templates))
 
-    def run(self, embed_image: evaluators.EmbedFn, embed_text: evaluators.EmbedFn) -> dict:
+    def run(self, predict: evaluators.PredictFns) -> dict:
         """Embeds the prompts and every valid image; returns flat float metrics."""
+        embed_image, embed_text = predict["embed_image"], predict["embed_text"]
         class_emb = self.class_embeddings(embed_text)
         image_emb, labels = [], []
         for chunk, n in evaluators.valid_chunks(

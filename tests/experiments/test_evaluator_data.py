@@ -66,7 +66,7 @@ def _retrieval(group):
     # image 1 is closest to caption 0's row and image 3 to caption 2's.
     embed_image = lambda x: _one_hot([0, 0, 2, 2])[np.asarray(x)[:, 0, 0, 0].astype(int)]
     embed_text = lambda t: _one_hot(np.where(np.asarray(t)[:, 0] == 5, 0, 2))
-    return ev.run(embed_image, embed_text)
+    return ev.run({"embed_image": embed_image, "embed_text": embed_text})
 
 
 def test_retrieval_is_per_pair_by_default_and_groups_only_exact_texts():
@@ -103,7 +103,12 @@ def test_hard_negative_evaluator_asks_for_negatives_and_scores_them():
     config = dict(type="hard_negatives", data="d", split="test", batch_size=2)
     ev = HardNegativeEvaluator(config, make_data=make_data)
     assert asked["extra_texts"] == ("hard_negative",)
-    out = ev.run(lambda x: _one_hot(np.asarray(x)[:, 0, 0, 0]), lambda t: _one_hot(t[:, 0]))
+    out = ev.run(
+        {
+            "embed_image": lambda x: _one_hot(np.asarray(x)[:, 0, 0, 0]),
+            "embed_text": lambda t: _one_hot(t[:, 0]),
+        }
+    )
     # Example 2's negative equals its caption (a tie: wrong); example 3's image is its negative.
     assert out == {"accuracy": 0.5, "chance_accuracy": 0.5, "num_examples": 4.0}
     with pytest.raises(ValueError, match=r"have no \['hard_negative'\]"):
@@ -119,7 +124,7 @@ def test_a_failing_evaluator_loses_no_other_results(make_config, tmp_path, monke
         }
     )
 
-    def broken(self, embed_image, embed_text):
+    def broken(self, predict):
         raise RuntimeError("evaluator bug")
 
     monkeypatch.setattr(ZeroShotEvaluator, "run", broken)
@@ -143,4 +148,20 @@ def test_evaluator_config_errors_come_before_training(make_config, tmp_path, mon
         hard=dict(type="hard_negatives", data="vlax_shapes", split="tset", batch_size=16)
     )
     with pytest.raises(ValueError, match="tset"):
+        trainer.setup(config)
+
+
+def test_an_evaluator_needing_a_missing_method_fails_before_compiling(make_config, monkeypatch):
+    from experiments import evaluators, train_state
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("built a train state before checking the evaluators' methods")
+
+    monkeypatch.setattr(train_state.StateBuilder, "__init__", refuse)
+    monkeypatch.setattr(evaluators, "CONTRASTIVE_METHODS", ("embed_image", "generate"))
+    config = make_config(steps=2)
+    config.evals = {"zs": dict(type="zero_shot", data="vlax_shapes", split="test", batch_size=16)}
+    with pytest.raises(
+        ValueError, match=r"evals.zs needs the objective method\(s\) \['generate'\]"
+    ):
         trainer.setup(config)

@@ -252,7 +252,10 @@ def test_zero_shot_evaluator_exact_and_ignores_padding():
     assert ev.every_steps == 10
     image_shapes, text_shapes = [], []
     out = ev.run(
-        recording(fake_embed_image_classes, image_shapes), recording(fake_embed_text, text_shapes)
+        {
+            "embed_image": recording(fake_embed_image_classes, image_shapes),
+            "embed_text": recording(fake_embed_text, text_shapes),
+        }
     )
     assert out == {
         "top1": 0.7,
@@ -267,13 +270,13 @@ def test_zero_shot_evaluator_exact_and_ignores_padding():
     # Template averaging recovers the one-hot class vectors exactly.
     np.testing.assert_allclose(ev.class_embeddings(fake_embed_text), np.eye(3), atol=1e-12)
     # Runs are repeatable: batches_fn gives a fresh iterator each time.
-    assert ev.run(fake_embed_image_classes, fake_embed_text) == out
+    assert ev.run({"embed_image": fake_embed_image_classes, "embed_text": fake_embed_text}) == out
 
 
 def test_zero_shot_evaluator_max_examples_and_config_classes():
     make_data = lambda spec, split: (make_batches(zero_shot_rows(), 4), FakeInfo())
     ev = ZeroShotEvaluator(zero_shot_config(max_examples=8), make_data=make_data)
-    out = ev.run(fake_embed_image_classes, fake_embed_text)
+    out = ev.run({"embed_image": fake_embed_image_classes, "embed_text": fake_embed_text})
     assert (out["top1"], out["num_examples"]) == (7 / 8, 8.0)
     ev = ZeroShotEvaluator(
         zero_shot_config(class_names=["dog", "cat", "fox"], templates=["a {}"]),
@@ -329,7 +332,9 @@ def test_retrieval_evaluator_exact_and_ignores_padding():
     ev = RetrievalEvaluator(config, make_data=make_data)
     assert ev.every_steps == 0
     shapes = []
-    out = ev.run(recording(fake_embed_image_ids, shapes), fake_embed_text_ids)
+    out = ev.run(
+        {"embed_image": recording(fake_embed_image_ids, shapes), "embed_text": fake_embed_text_ids}
+    )
     assert out == {
         "i2t_r@1": 0.8,
         "i2t_r@5": 0.8,
