@@ -103,4 +103,8 @@ def run_evals(setup, params, step: int, writer, workdir: str, *, final: bool):
             logging.info("eval %s @%d (%.1fs): %s", name, step, time.time() - t0, out)
             writer.write_scalars(step, {f"{name}/{k}": v for k, v in out.items()})
             _record(workdir, step, name, out)
+            # Things people look at (e.g. captioning's contact sheet of generated captions).
+            if jax.process_index() == 0 and hasattr(evaluator, "write_artifacts"):
+                for path in evaluator.write_artifacts(workdir, name=name, step=step):
+                    logging.info("eval %s @%d wrote %s", name, step, path)
     return results, errors

@@ -11,6 +11,10 @@ config.data = dict(
     # text canonicalisation (punctuation removed, optionally lowercased).
     tokenizer=dict(model=None, vocab_size=256, canonicalize=False, lowercase=False),
     source=dict(train_size=20000, test_size=2000),  # extra kwargs for data.sources.get_source
+    task="caption",            # data.tasks: caption | prefix_lm | vqa | text_only
+    task_args={},              # the task's options, e.g. {"split": 0}
+    mix=(),                    # ((spec, weight[, task[, task_args]]), ...): train on a mix of
+                               # sources instead of `name` (which still names the tokenizer)
 )
 """
 
@@ -29,7 +33,7 @@ import numpy as np
 from etils import epath
 from flax.core import FrozenDict
 
-from data import pipeline, sources
+from data import mixing, pipeline, sources, tasks
 from data import tokenizer as tokenizer_lib
 from experiments import config_utils
 from models import vit as vit_lib
@@ -47,6 +51,9 @@ DATA_KEYS = {
     "mean",
     "std",
     "num_threads",
+    "task",
+    "task_args",
+    "mix",
 }
 TOKENIZER_KEYS = {"model", "vocab_size", "canonicalize", "lowercase"}
 MAX_TOKENIZER_CORPUS = 200_000
@@ -83,11 +90,33 @@ class Inputs:
         self.source_kwargs = _plain(config.get("source") or {})
         self.norm = dict(mean=config.get("mean", 0.5), std=config.get("std", 0.5))
         self.num_threads = int(config.get("num_threads") or min(16, os.cpu_count() or 2))
-        # Resolving the train source first makes a missing dataset fail before anything else.
-        self.train_source = self.source(config.get("train_split", "train")) if build_train else None
+        self.task_name = config.get("task") or "caption"
+        self.task_args = _plain(config.get("task_args") or {})
+        self.mix = [_mix_entry(m, self.task_name, self.task_args) for m in config.get("mix") or ()]
+        split = config.get("train_split", "train")
+        # Resolving the train sources first makes a missing dataset fail before anything else.
+        self.train_source = self.source(split) if build_train else None
+        self.mix_sources = [self.source(split, m[0]) for m in self.mix] if build_train else []
         if build_train:
             _ = self.tokenizer  # load or train it now: failures surface before compiling
+            self._check_tasks()
             self._warn_truncation()
+
+    @functools.cached_property
+    def task(self) -> tasks.Task:
+        """The configured task (unknown names and options fail here, before compiling)."""
+        return tasks.get_task(self.task_name, self.tokenizer, self.max_len, self.task_args)
+
+    def _train_components(self) -> list[tuple[str, Any, str, dict]]:
+        """(spec, source, task, task_args) of every training source."""
+        if not self.mix:
+            return [(self.name, self.train_source, self.task_name, self.task_args)]
+        return [(m[0], src, m[2], m[3]) for m, src in zip(self.mix, self.mix_sources, strict=True)]
+
+    def _check_tasks(self) -> None:
+        for spec, src, name, args in self._train_components():
+            task = tasks.get_task(name, self.tokenizer, self.max_len, args)
+            task.check_fields(pipeline.source_fields(src), where=f"config.data source {spec!r}")
 
     @functools.cached_property
     def tokenizer(self) -> tokenizer_lib.Tokenizer:
@@ -110,26 +139,45 @@ class Inputs:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
             # v2: the special-id layout (bos 2, eos 3); c/l: canonical / lowercased text.
             tag = "_v2" + "_c" * flags["canonicalize"] + "l" * flags["lowercase"]
+            # Another task's text (questions, answers) or a mix trains another vocabulary.
+            fields = {
+                f
+                for m in self.mix or [(self.name, 1, self.task_name)]
+                for f in tasks.task_class(m[2]).text_fields
+            }
+            specs = sorted({m[0] for m in self.mix} - {self.name})
+            tag += "".join(f"_{f}" for f in sorted(fields - {"caption"}))
+            tag += "".join("_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", x) for x in specs)
             path = str(
                 epath.Path(self.data_dir) / "tokenizers" / f"{slug}_sp{vocab_size}{tag}.model"
             )
         split = self.config.get("train_split", "train")
 
         def corpus():
-            src = self.train_source if self.train_source is not None else self.source(split)
-            # A sample is enough for a subword vocabulary; reading a web-scale split is not.
-            return src.captions(MAX_TOKENIZER_CORPUS)
+            out = []
+            entries = self.mix or [(self.name, 1.0, self.task_name, self.task_args)]
+            for spec, _, task_name, _ in entries:
+                src = self.train_source if spec == self.name and self.train_source else None
+                src = src or self.source(split, spec)
+                # A sample is enough for a subword vocabulary; reading a web-scale split is not.
+                for field in tasks.task_class(task_name).text_fields:
+                    out += _flat(sources.read_texts(src, field, MAX_TOKENIZER_CORPUS))
+            return out
 
         return tokenizer_lib.get_tokenizer(path, corpus, vocab_size, **flags)
 
     def _warn_truncation(self) -> None:
-        """Warns when captions are longer than max_len (they would be cut silently)."""
-        stats = tokenizer_lib.truncation_stats(
-            self.tokenizer, self.train_source.captions(CAPTION_STATS_SAMPLE), self.max_len
-        )
+        """Warns when training texts are longer than max_len (they would be cut silently)."""
+        texts = []
+        for _, src, name, _ in self._train_components():
+            fields = tasks.task_class(name).text_fields
+            columns = [_flat(sources.read_texts(src, f, CAPTION_STATS_SAMPLE)) for f in fields]
+            # A task's text fields share one sequence (vqa: question + answer).
+            texts += [" ".join(parts) for parts in zip(*columns, strict=True)]
+        stats = tokenizer_lib.truncation_stats(self.tokenizer, texts, self.max_len)
         if stats["num_truncated"]:
             logging.warning(
-                "%d of %d sampled training captions (%.0f%%) are longer than "
+                "%d of %d sampled training texts (%.0f%%) are longer than "
                 "config.data.max_len=%d tokens and will be cut; max_len=%d would fit 95%% of them.",
                 stats["num_truncated"],
                 stats["num_texts"],
@@ -169,14 +217,19 @@ class Inputs:
 
     def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """Zeros shaped like a batch (for init; shapes only matter, not the batch size)."""
-        return {
+        batch = {
             "image": np.zeros((batch_size, *self.example_shapes()["image"]), np.float32),
             "tokens": np.ones((batch_size, self.max_len), np.int32),
         }
+        keys = tasks.task_class(self.task_name).train_keys
+        if "prefix_len" in keys:
+            batch["prefix_len"] = np.ones((batch_size,), np.int32)
+        if "has_image" in keys:
+            batch["has_image"] = np.ones((batch_size,), bool)
+        return batch
 
     def train_iterator(self):
-        return pipeline.make_train_iterator(
-            self.train_source,
+        common = dict(
             tokenizer=self.tokenizer,
             global_batch_size=self.global_batch_size,
             image_size=self.image_size,
@@ -187,6 +240,15 @@ class Inputs:
             num_threads=self.num_threads,
             **self.norm,
         )
+        if self.mix:
+            components = [
+                mixing.Component(src, m[1], m[2], m[3], name=m[0])
+                for m, src in zip(self.mix, self.mix_sources, strict=True)
+            ]
+            return mixing.make_mixed_train_iterator(components, **common)
+        return pipeline.make_train_iterator(
+            self.train_source, task=self.task_name, task_args=self.task_args, **common
+        )
 
     def make_eval_data(
         self,
@@ -195,12 +257,22 @@ class Inputs:
         batch_size: int | None = None,
         *,
         extra_texts: Sequence[str] = (),
+        task: str | None = None,
+        task_args: Mapping[str, Any] | None = None,
     ):
         """The evaluator data contract: (batches_fn, info); see experiments.evaluators.
 
-        `extra_texts` names further text fields to tokenise into `<field>_tokens`.
+        `extra_texts` names further text fields to tokenise into `<field>_tokens`; `task`
+        gives batches in that task's eval layout (e.g. prompts for generation), with the
+        run's `task_args` when it is the training task.
         """
         src = self.source(split, spec)
+        if task is not None:
+            if task_args is None and task == self.task_name:
+                task_args = self.task_args
+            tasks.get_task(task, self.tokenizer, self.max_len, task_args).check_fields(
+                pipeline.source_fields(src), where=f"{spec}:{split}"
+            )
         # Read batches only bound host memory (evaluators re-batch for the devices).
         bs = batch_size or EVAL_READ_BATCH
 
@@ -213,17 +285,42 @@ class Inputs:
                 max_len=self.max_len,
                 num_threads=self.num_threads,
                 extra_texts=tuple(extra_texts),
+                task=task,
+                task_args=task_args,
                 **self.norm,
             )
 
         info = dict(sources.dataset_info(spec, data_dir=self.data_dir))
-        # The fields an example has, read from one example, so evaluators can check what they
-        # need before training starts.
-        info["fields"] = sorted(src[0])
-        info["captions"] = src.captions
+        # What the examples hold, so evaluators can check what they need before training.
+        info["fields"] = sorted(pipeline.source_fields(src))
+        info["captions"] = lambda limit=None: sources.read_texts(src, "caption", limit)
+        info["texts"] = lambda field, limit=None: sources.read_texts(src, field, limit)
+        info["decode_tokens"] = self.tokenizer.decode
+        info["max_len"] = self.max_len
         info.setdefault("templates", info.get("prompt_templates"))
         info["encode_texts"] = lambda texts: self.tokenizer.encode(list(texts), self.max_len)
         return batches_fn, info
+
+
+def _mix_entry(entry, task: str, task_args: dict) -> tuple[str, float, str, dict]:
+    """(spec, weight[, task[, task_args]]) with the run's task as the default."""
+    entry = tuple(entry)
+    if not 2 <= len(entry) <= 4:
+        raise config_utils.ConfigError(
+            f"config.data.mix entries are (spec, weight[, task[, task_args]]), got {entry!r}"
+        )
+    spec, weight = str(entry[0]), float(entry[1])
+    name = str(entry[2]) if len(entry) > 2 else task
+    args = _plain(entry[3]) if len(entry) > 3 else (task_args if name == task else {})
+    return spec, weight, name, args
+
+
+def _flat(texts: Sequence) -> list[str]:
+    """Reference lists (several captions per image) flattened into one list of strings."""
+    out = []
+    for t in texts:
+        out += [str(x) for x in t] if isinstance(t, list | tuple) else [str(t)]
+    return out
 
 
 def recorded_tokenizer(meta: Mapping[str, Any]) -> tokenizer_lib.Tokenizer:

@@ -6,10 +6,11 @@ r"""Tiny CLIP on the built-in synthetic shapes: the CPU demo (`make demo`).
 Variants: `--config experiments/configs/clip/tiny.py:steps=200,batch=64`, or your own
 pairs with `:data=user:/path/pairs.csv` (CSV, JSONL or a folder; a `split` column or a
 stable pseudo-random 5% is held out).
-Expected (measured 2026-12-01 on a 2-core AVX-512 CPU, 3 min of training, 0.36 s/step):
-zero-shot top-1 24.4% over the 24 "colour shape" classes (chance 4.2%), top-5 75.5%;
-retrieval R@1 t2i 46.6% / i2t 39.5% (chance 0.6%) on 1000 held-out pairs; hard-negative
-caption accuracy 87.2% (chance 50%).
+Expected (measured 2026-12-02 on a 2-core AVX-512 CPU shared with other jobs, 4 min 30 s
+for the command): zero-shot top-1 27.4% over the 24 "colour shape" classes (chance 4.2%),
+top-5 81.1%; retrieval R@1 t2i 57.5% / i2t 46.6% (chance 0.6%) on 1000 held-out pairs;
+hard-negative caption accuracy 86.0% (chance 50%). The towers are CLIPModel-exact: the run
+exports with `python -m experiments.export --workdir ... --format hf --out ...`.
 """
 
 from experiments import config_utils

@@ -9,10 +9,10 @@ First train the tiny CLIP (`make demo`, or experiments/configs/clip/tiny.py), th
 `init` is the workdir (or its checkpoints/ folder) of the run whose image tower is loaded;
 the towers must have the same shapes as clip/tiny's. The optimizer freezes every `img/...`
 parameter (bit-identical after training) and the analytic FLOPs count the locked tower as
-forward-only. Measured (2026-12-01, 2-core AVX-512 CPU, 300 steps, 1 min 40 s for the command,
-from the `make demo` run): zero-shot top-1 22.3% (chance 4.2%), top-5 79.0%; retrieval R@1
-t2i 45.6% / i2t 41.4% (chance 0.6%); hard negatives 86.4%; close to the source run's
-24.4% / 46.6% with a text tower trained from scratch.
+forward-only. Measured (2026-12-02, 2-core AVX-512 CPU shared with other jobs, 300 steps,
+2 min 19 s for the command, from the `make demo` run): zero-shot top-1 27.6% (chance 4.2%),
+top-5 79.9%; retrieval R@1 t2i 55.7% / i2t 47.1% (chance 0.6%); hard negatives 87.6%;
+close to the source run's 27.4% / 57.5% with a text tower trained from scratch.
 """
 
 from ml_collections import config_dict

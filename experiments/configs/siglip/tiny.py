@@ -5,8 +5,10 @@ r"""Tiny SigLIP (sigmoid loss, ring-sharded) on the built-in synthetic shapes; C
 
 Same sizes and data as clip/tiny, SigLIP-style towers (MAP-head image pooling, text pooled at
 the final position, canonicalised text: an exact transformers SiglipModel) and the sigmoid
-loss (learnable temperature, init 10, and bias, init -10). Measured: see README (re-measured
-with these towers).
+loss (learnable temperature, init 10, and bias, init -10). Measured (2026-12-02, 2-core
+AVX-512 CPU shared with other jobs, 500 steps, 6 min for the command): zero-shot top-1 23.5%
+(chance 4.2%), top-5 78.4%; retrieval R@1 t2i 32.6% / i2t 30.2% (chance 0.6%); hard-negative
+caption accuracy 83.4% (chance 50%). Exports with `--format hf` as a SiglipModel.
 """
 
 from experiments import config_utils
@@ -20,6 +22,7 @@ def get_config(arg=None):
         steps=arg.steps,
         batch=arg.batch,
         lr=arg.lr,
+        style="siglip",
         loss="sigmoid",
         loss_impl="sharded",
         temperature_init=10.0,
