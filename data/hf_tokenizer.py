@@ -2,7 +2,7 @@
 
 `HFTokenizer` offers what the pipeline and the trainer use of `data.tokenizer.Tokenizer`
 (`model_path`, `vocab_size`, `pad_id`, `eos_id`, `bos_id`, `encode`, `decode`,
-`token_counts`), so a pretrained text tower (BERT WordPiece, ...) gets exactly the ids it
+`token_counts`, `pieces`), so a pretrained text tower (BERT WordPiece, ...) gets exactly the ids it
 was trained on. `data.tokenizer.get_tokenizer` returns one for a path ending in `.json`.
 
 Special tokens come from the tokenizer's own post-processor, its "framing" of a single
@@ -129,6 +129,12 @@ class HFTokenizer:
             raise TypeError("token_counts expects a sequence of strings, got a single str")
         encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return np.array([len(e.ids) + len(self._prefix) for e in encodings], dtype=np.int64)
+
+    def pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """The piece ids of each text, uncut, without the framing ([CLS]/[SEP]) or padding."""
+        if isinstance(texts, str):
+            raise TypeError("pieces expects a sequence of strings, got a single str")
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: np.ndarray | Sequence[Sequence[int]]) -> list[str]:
         """Decodes [N, L] ids to N strings, stopping at the first EOS and skipping special

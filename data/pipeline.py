@@ -4,14 +4,18 @@ A *source* is any random-access object (`__len__`, `__getitem__(i) -> dict`) who
 hold "image" (uint8 [H, W, 3], any size, or encoded PNG/JPEG bytes) and "caption" (str), and
 optionally "label" (int) and further text fields such as "hard_negative" (str), which only
 evaluation batches carry, and only when asked for (`make_eval_batches(extra_texts=...)`).
+A *task* (data.tasks, by name; default "caption") decides which fields an example needs and
+the layout they become (caption tokens; prefix-LM, VQA or text-only tokens with a prefix
+length); data.mixing mixes several sources, each with its task, by a ratio.
 
 Training order, for one seed:
 
     range(n) -> shuffle (reseeded every epoch) -> drop n % process_count -> load + augment
              -> take every process_count-th example from process_index -> repeat -> batch
 
-Augmentation runs *before* the per-process split and is keyed by the example's position in the
-global epoch order, so the union of all processes' batches at a step is the same set of
+"load" runs the task (with its randomness, if any). Augmentation, like the task, runs *before*
+the per-process split and is keyed by the example's position in the global epoch order
+(grain's `random_map`), so the union of all processes' batches at a step is the same set of
 examples, identically augmented, whatever the process count. Every random choice comes from
 grain (`shuffle`, `random_map`), never from global RNG state, so the iterator state (a small
 JSON dict) restores the stream exactly.
@@ -22,13 +26,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from data import preprocess
+from data import preprocess, tasks
 from data.tokenizer import Tokenizer
 
 Example = dict[str, Any]
@@ -82,13 +86,75 @@ def _missing_field(field: str, raw: Example, index: int) -> str:
     )
 
 
+def source_fields(source) -> list[str]:
+    """The fields of the source's examples: its `fields` attribute, else example 0's keys."""
+    fields = getattr(source, "fields", None)
+    return sorted(fields) if fields is not None else sorted(source[0])
+
+
+def resolve_task(task: str | tasks.Task, tokenizer, max_len: int, task_args=None) -> tasks.Task:
+    """A task from its name and options (or a task object, passed through)."""
+    if isinstance(task, tasks.Task):
+        if task_args:
+            raise ValueError("task_args apply to a task given by name, not to a Task object")
+        if task.max_len != max_len:
+            raise ValueError(
+                f"task {task.name!r} was built for max_len={task.max_len}, not {max_len}"
+            )
+        return task
+    return tasks.get_task(task, tokenizer, max_len, task_args)
+
+
+class _TaskLoad:
+    """Source index (+ grain's per-position generator) -> the task's layout, the decoded
+    image (tasks with images), "index", "label" if the source has one (unless
+    `keep_label=False`) and "<field>_tokens" for each of `extra_texts`.
+
+    `prompt=True` gives the task's eval layout (`Task.prompt`) instead of its train layout.
+    """
+
+    def __init__(
+        self,
+        source,
+        task: tasks.Task,
+        *,
+        prompt: bool = False,
+        keep_label: bool = True,
+        extra_texts: Sequence[str] = (),
+    ):
+        self.source, self.task, self.prompt = source, task, prompt
+        self.keep_label, self.extra_texts = keep_label, tuple(extra_texts)
+
+    def __call__(self, index: int, rng: np.random.Generator | None = None) -> Example:
+        index = int(index)
+        raw = self.source[index]
+        ex = self.task.prompt(raw, index) if self.prompt else self.task(raw, index, rng)
+        if self.task.has_image:
+            ex["image"] = preprocess.decode(raw["image"])
+        ex["index"] = np.int64(index)
+        if self.keep_label and "label" in raw:
+            ex["label"] = np.int32(raw["label"])
+        for field in self.extra_texts:
+            if field not in raw:
+                raise ValueError(_missing_field(field, raw, index))
+            tokenizer, max_len = self.task.tokenizer, self.task.max_len
+            ex[f"{field}_tokens"] = tokenizer.encode([raw[field]], max_len)[0]
+        return ex
+
+
 class _ImageTransform:
-    """Resize (or light random crop + brightness/contrast jitter) and normalise to float32."""
+    """Resize (or light random crop + brightness/contrast jitter) and normalise to float32.
+
+    An example without an image (task text_only) gets zeros float32 [S, S, 3], so it
+    batches with image-text examples.
+    """
 
     def __init__(self, image_size: int, mean, std, augment: bool):
         self.image_size, self.mean, self.std, self.augment = image_size, mean, std, augment
 
     def __call__(self, ex: Example, rng: np.random.Generator | None = None) -> Example:
+        if "image" not in ex:
+            return {**ex, "image": np.zeros((self.image_size, self.image_size, 3), np.float32)}
         image = ex["image"]
         if self.augment:
             image = preprocess.random_resized_crop(image, self.image_size, rng)
@@ -123,16 +189,24 @@ def make_train_iterator(
     num_threads: int = 2,
     mean: float | Sequence[float] = 0.5,
     std: float | Sequence[float] = 0.5,
+    task: str | tasks.Task = "caption",
+    task_args: Mapping[str, Any] | None = None,
 ) -> grain.DatasetIterator:
     """Returns this process's iterator of training batches (infinite unless `num_epochs`).
 
     Each batch (b = global_batch_size // process_count) holds:
       "image": float32 [b, S, S, 3] normalised with mean/std (default: pixels in [-1, 1]);
-      "tokens": int32 [b, L] caption ids, EOS-terminated, padded with tokenizer.pad_id;
+        zeros for tasks without images (text_only);
+      "tokens": int32 [b, L] caption ids, EOS-terminated, padded with tokenizer.pad_id
+        (task "caption"; other tasks' layouts: data.tasks, e.g. "prefix_len" int32 [b] and
+        "has_image" bool [b]);
       "index": int64 [b] source index of each example (for checking data order);
       "label": int32 [b] when the source has labels.
     Other text fields (e.g. "hard_negative") are never tokenised for training: nothing in a
     train step reads them, and they would travel to the devices every step.
+
+    `task`/`task_args` name the task (data.tasks) and its options; a source lacking a field
+    the task needs raises ValueError here, before anything is read or compiled.
 
     Each epoch is reshuffled; `n % process_count` examples (different ones each epoch) are
     left out so that all processes run the same number of steps. Save `it.get_state()` and
@@ -150,11 +224,16 @@ def make_train_iterator(
     usable = len(source) - len(source) % process_count
     if usable == 0:
         raise ValueError(f"source has {len(source)} examples, fewer than {process_count} processes")
+    task = resolve_task(task, tokenizer, max_len, task_args)
+    task.check_fields(source_fields(source))
 
     ds = grain.MapDataset.range(len(source)).seed(seed)
     if shuffle:
         ds = ds.shuffle()
-    ds = ds[:usable].map(_Load(source, tokenizer, max_len, "caption"))
+    load = _TaskLoad(source, task)
+    # A task without randomness stays a plain map: the pipeline's structure, hence every
+    # downstream seed grain derives from it, is then exactly what it always was.
+    ds = ds[:usable].random_map(load) if task.random else ds[:usable].map(load)
     transform = _ImageTransform(image_size, mean, std, augment)
     # random_map seeds each example's generator from (pipeline seed, epoch, position).
     ds = ds.random_map(transform) if augment else ds.map(transform)
@@ -188,6 +267,8 @@ def make_eval_batches(
     num_threads: int = 2,
     mean: float | Sequence[float] = 0.5,
     std: float | Sequence[float] = 0.5,
+    task: str | tasks.Task | None = None,
+    task_args: Mapping[str, Any] | None = None,
 ) -> Iterator[Example]:
     """Yields one in-order pass over the source, without augmentation (images resized to S x S).
 
@@ -199,14 +280,23 @@ def make_eval_batches(
     process yields the same number of batches (some possibly all padding), as multi-host
     evaluation needs.
 
+    With `task` (a name from data.tasks, or a Task), batches hold the task's eval layout
+    instead of `texts_key`'s tokens: for generative tasks the prompt, "prompt" int32
+    [batch_size, L] (prompt pieces only, padded), "prompt_len" int32 [batch_size] and
+    "has_image" bool [batch_size]; for "caption" the caption tokens as without a task.
+    References for scoring come from the source's `texts(field)`, in the same order.
+
     Raises:
-      ValueError: no tokenizer for texts_key/extra_texts, an empty source, or a field of
-        `extra_texts` that the source's examples lack (checked on example 0 up front).
+      ValueError: no tokenizer for texts_key/extra_texts/task, an empty source, a field of
+        `extra_texts` that the source's examples lack (checked on example 0 up front), or
+        one the task needs.
     """
     if isinstance(extra_texts, str):
         raise TypeError(f"extra_texts must be a sequence of field names, got {extra_texts!r}")
-    if (texts_key is not None or extra_texts) and tokenizer is None:
-        raise ValueError("a tokenizer is required when texts_key or extra_texts is set")
+    if (texts_key is not None or extra_texts or task is not None) and tokenizer is None:
+        raise ValueError("a tokenizer is required when texts_key, extra_texts or task is set")
+    if task is not None and texts_key != "caption":
+        raise ValueError(f"texts_key={texts_key!r} applies without a task; the task decides")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} outside [0, {process_count})")
     n = len(source)
@@ -218,7 +308,12 @@ def make_eval_batches(
             if field not in first:
                 raise ValueError(_missing_field(field, first, 0))
     num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
-    load = _Load(source, tokenizer, max_len, texts_key, extra_texts)
+    if task is None:
+        load = _Load(source, tokenizer, max_len, texts_key, extra_texts)
+    else:
+        task = resolve_task(task, tokenizer, max_len, task_args)
+        task.check_fields(source_fields(source))
+        load = _TaskLoad(source, task, prompt=True, extra_texts=extra_texts)
     transform = _ImageTransform(image_size, mean, std, augment=False)
     ds = grain.MapDataset.range(n)[process_index::process_count].map(load).map(transform)
     batches = ds.to_iter_dataset(_read_options(2, batch_size, num_threads)).batch(batch_size)

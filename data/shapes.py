@@ -12,6 +12,8 @@ Each example also carries a class label (the "colour shape" of the first-mention
 an index into `CLASS_NAMES`) for zero-shot evaluation, and a hard-negative caption that
 differs from the true one by swapping or replacing attributes and is false for the image.
 
+`sample_scene` gives a scene's content (objects, positions, captions) without drawing it:
+what `data.shapes_vqa` asks questions about and `data.text_corpus` takes captions from.
 This module knows nothing of tfds; `data.shapes_tfds` wraps it as a dataset builder.
 """
 
@@ -66,7 +68,9 @@ _MIN_IMAGE_SIZE = 24
 
 
 @dataclasses.dataclass(frozen=True)
-class _Object:
+class SceneObject:
+    """One drawn shape: its attributes and where it is (pixels of the S x S image)."""
+
     color: str
     shape: str
     size: str
@@ -84,7 +88,7 @@ def class_index(color: str, shape: str) -> int:
     return CLASS_NAMES.index(f"{color} {shape}")
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, obj: _Object, scale: int) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, scale: int) -> None:
     cx, cy, h = obj.cx * scale, obj.cy * scale, obj.half * scale
     fill = COLORS[obj.color]
     if obj.shape == "circle":
@@ -102,7 +106,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, obj: _Object, scale: int) -> None:
         raise ValueError(f"Unknown shape {obj.shape!r}; expected one of {SHAPES}.")
 
 
-def _render(objects: list[_Object], rng: np.random.Generator, image_size: int) -> np.ndarray:
+def _render(objects: list[SceneObject], rng: np.random.Generator, image_size: int) -> np.ndarray:
     """Draws objects on a light background. Returns uint8 [S, S, 3]."""
     grey = int(rng.integers(190, 241))
     big = image_size * _SUPERSAMPLE
@@ -154,7 +158,7 @@ def _other(options, exclude, rng: np.random.Generator) -> str:
     return choices[int(rng.integers(len(choices)))]
 
 
-def _hard_negative_single(obj: _Object, rng: np.random.Generator) -> str:
+def _hard_negative_single(obj: SceneObject, rng: np.random.Generator) -> str:
     field = ("color", "shape", "size")[int(rng.integers(3))]
     if field == "color":
         obj = dataclasses.replace(obj, color=_other(COLORS, {obj.color}, rng))
@@ -165,7 +169,9 @@ def _hard_negative_single(obj: _Object, rng: np.random.Generator) -> str:
     return obj.phrase
 
 
-def _hard_negative_pair(a: _Object, b: _Object, relation: str, rng: np.random.Generator) -> str:
+def _hard_negative_pair(
+    a: SceneObject, b: SceneObject, relation: str, rng: np.random.Generator
+) -> str:
     """A false caption for a two-object scene (the two objects always differ in colour)."""
     strategies = ["swap_colors", "flip_relation", "recolor"]
     if a.shape != b.shape:
@@ -197,6 +203,62 @@ def _random_object_attrs(rng: np.random.Generator, exclude_color: str | None = N
     return color, shape, size
 
 
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What an image shows, decided before any pixel is drawn (all that questions need).
+
+    Attributes:
+      objects: one or two objects; two objects always differ in colour.
+      relation: for two objects, "a <relation> b" holds for (objects[0], objects[1]) with
+        bounding boxes separated along the relation's axis; None for one object.
+      caption, hard_negative, label: as in `render_example`.
+    """
+
+    objects: tuple[SceneObject, ...]
+    relation: str | None
+    caption: str
+    hard_negative: str
+    label: int
+
+
+def sample_scene(
+    rng: np.random.Generator, image_size: int = 64, p_two_objects: float = 0.5
+) -> Scene:
+    """Draws a random scene (objects, placement, captions) without rendering it.
+
+    `render_example` is `sample_scene` followed by drawing with the same generator, so a
+    scene and its image come from one stream of draws.
+    """
+    _check_size(image_size)
+    color, shape, size = _random_object_attrs(rng)
+    h_a = _half_extent(size, rng, image_size)
+    if rng.random() < p_two_objects:
+        # Distinct colours keep each object identifiable by colour alone, so attribute
+        # swaps and flipped relations are guaranteed to be false.
+        color_b, shape_b, size_b = _random_object_attrs(rng, exclude_color=color)
+        h_b = _half_extent(size_b, rng, image_size)
+        relation = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
+        (ax, ay), (bx, by) = _place_pair(h_a, h_b, relation, rng, image_size)
+        a = SceneObject(color, shape, size, ax, ay, h_a)
+        b = SceneObject(color_b, shape_b, size_b, bx, by, h_b)
+        return Scene(
+            objects=(a, b),
+            relation=relation,
+            caption=f"{a.phrase} {relation} {b.phrase}",
+            hard_negative=_hard_negative_pair(a, b, relation, rng),
+            label=class_index(color, shape),
+        )
+    cx, cy = _place_free(h_a, rng, image_size), _place_free(h_a, rng, image_size)
+    a = SceneObject(color, shape, size, cx, cy, h_a)
+    return Scene(
+        objects=(a,),
+        relation=None,
+        caption=a.phrase,
+        hard_negative=_hard_negative_single(a, rng),
+        label=class_index(color, shape),
+    )
+
+
 def render_example(
     rng: np.random.Generator, image_size: int = 64, p_two_objects: float = 0.5
 ) -> dict:
@@ -211,34 +273,21 @@ def render_example(
       dict(image=uint8 [S, S, 3], caption=str, label=int in [0, len(CLASS_NAMES)),
       hard_negative=str) where label is the class of the first-mentioned object.
     """
-    _check_size(image_size)
-    color, shape, size = _random_object_attrs(rng)
-    h_a = _half_extent(size, rng, image_size)
-    if rng.random() < p_two_objects:
-        # Distinct colours keep each object identifiable by colour alone, so attribute
-        # swaps and flipped relations are guaranteed to be false.
-        color_b, shape_b, size_b = _random_object_attrs(rng, exclude_color=color)
-        h_b = _half_extent(size_b, rng, image_size)
-        relation = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
-        (ax, ay), (bx, by) = _place_pair(h_a, h_b, relation, rng, image_size)
-        a = _Object(color, shape, size, ax, ay, h_a)
-        b = _Object(color_b, shape_b, size_b, bx, by, h_b)
-        objects = [a, b]
-        caption = f"{a.phrase} {relation} {b.phrase}"
-        hard_negative = _hard_negative_pair(a, b, relation, rng)
-    else:
-        cx, cy = _place_free(h_a, rng, image_size), _place_free(h_a, rng, image_size)
-        a = _Object(color, shape, size, cx, cy, h_a)
-        objects = [a]
-        caption = a.phrase
-        hard_negative = _hard_negative_single(a, rng)
-    image = _render(objects, rng, image_size)
+    image, scene = render_scene(rng, image_size, p_two_objects)
     return dict(
         image=image,
-        caption=caption,
-        label=class_index(color, shape),
-        hard_negative=hard_negative,
+        caption=scene.caption,
+        label=scene.label,
+        hard_negative=scene.hard_negative,
     )
+
+
+def render_scene(
+    rng: np.random.Generator, image_size: int = 64, p_two_objects: float = 0.5
+) -> tuple[np.ndarray, Scene]:
+    """A random scene and its image, uint8 [S, S, 3] (what `render_example` returns)."""
+    scene = sample_scene(rng, image_size, p_two_objects)
+    return _render(list(scene.objects), rng, image_size), scene
 
 
 def render_indexed(seed: int, index: int, image_size: int = 64, p_two_objects: float = 0.5) -> dict:
@@ -259,4 +308,4 @@ def render_single(
         )
     half = _half_extent(size, rng, image_size)
     cx, cy = _place_free(half, rng, image_size), _place_free(half, rng, image_size)
-    return _render([_Object(color, shape, size, cx, cy, half)], rng, image_size)
+    return _render([SceneObject(color, shape, size, cx, cy, half)], rng, image_size)

@@ -12,14 +12,29 @@ Specs:
                           name in one of five templates; "label" is the class. (A tfds
                           build of the same name stays reachable by version, e.g.
                           "fashion_mnist:3.0.1".)
+  "vlax_shapes_vqa"       questions about the built-in scenes (data.shapes_vqa_tfds): image,
+                          question, answer, question_type, caption, label, scene; generated
+                          into data_dir on first use like vlax_shapes.
+  "vlax_shapes_text"      text only: captions of the shapes grammar, no images
+                          (data.text_corpus), computed from the index; for the text-only mix.
+  "easy_vqa"              the real easy-VQA data shipped by PyPI `easy-vqa==1.0`
+                          (data.easy_vqa): image, question, answer, image_id. Read from the
+                          installed package (option `root`: a folder of the same layout);
+                          data_dir is not used.
 
 Paths (data_dir, user data) may be local or remote (gs://...): all go through etils.epath.
 
 Every source has `__len__` and `__getitem__` (what grain reads) and yields dicts with
 "image" (uint8 [H, W, 3]) and "caption" (str), plus "label" (int) and "hard_negative" (str)
-when the dataset has them. `captions(limit=None) -> list[str]` reads the first `limit`
-captions in index order without decoding any image (for tokenizer training and caption
-statistics).
+when the dataset has them (COCO-style ones also "captions": list[str], every reference);
+VQA sources have "question" and "answer" instead of a caption, text-only sources only
+"caption". Sources offer `fields` (the example keys) where they know them without a read.
+`captions(limit=None) -> list[str]` reads the first `limit` captions in index order without
+decoding any image (for tokenizer training and caption statistics); `texts(field,
+limit=None)` does the same for any text field (references for evaluators: the answers, or
+all captions of an image as a list); `read_texts` falls back to `captions` or to full reads
+for sources without `texts`. The splits of vlax_shapes_vqa, vlax_shapes_text and easy_vqa
+are "train" and "test".
 
 Splits: a name, optionally sliced tfds-style by example counts or percents of the split:
 "train", "test", "train[:10%]", "train[90%:]", "test[5:]", "test[:100]".
@@ -41,10 +56,26 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data import fashion_mnist, paths, shapes, shapes_tfds, user_listing, user_pairs
+from data import (
+    easy_vqa,
+    fashion_mnist,
+    paths,
+    shapes,
+    shapes_tfds,
+    shapes_vqa,
+    shapes_vqa_tfds,
+    text_corpus,
+    user_listing,
+    user_pairs,
+)
 
 BUILTIN = "vlax_shapes"
 FASHION_MNIST = "fashion_mnist"
+SHAPES_VQA = shapes_vqa_tfds.NAME
+SHAPES_TEXT = text_corpus.NAME
+EASY_VQA = easy_vqa.NAME
+_SHAPES_VQA_KWARGS = (*shapes_vqa_tfds.SIZE_KEYS,)
+_SHAPES_TEXT_KWARGS = ("train_size", "test_size", "p_two_objects")
 USER_PREFIX = "user:"
 _SHAPES_KWARGS = ("image_size", "train_size", "test_size", "p_two_objects")
 _USER_KWARGS = ("strict", "image_root", "holdout")
@@ -65,13 +96,24 @@ class TfdsSource:
 
     def __init__(self, data_source, features: tfds.features.FeaturesDict, text_source):
         self._source, self._text_source = data_source, text_source
-        self._keys = [k for k in ("image", "caption", "label", "hard_negative") if k in features]
+        self._features = features
+        # The image, every text field (caption, hard_negative, question, answer, ...) and every
+        # integer scalar (label, scene, ...); other nested features (boxes, ...) are left out.
+        self._keys = [
+            k
+            for k, f in features.items()
+            if k == "image" or isinstance(f, tfds.features.Text) or _is_int_scalar(f)
+        ]
+        self._ints = [k for k in self._keys if k != "image" and _is_int_scalar(features[k])]
+        # Several texts per example (COCO's "captions"): a list of str (all references).
+        self._text_lists = [k for k, f in features.items() if k not in self._keys and _is_text(f)]
         label = _class_label(features)
         # COCO-style datasets hold several captions per image ("captions"/"text"): use the first.
         self._multi_captions = "caption" not in features and "captions" in features
         has_text = "caption" in features or self._multi_captions
         # A classification dataset has no captions: its class name stands in for one.
         self._label_names = label.names if not has_text and label is not None else None
+        self._has_caption = has_text or self._label_names is not None
 
     @classmethod
     def from_builder(cls, builder: tfds.core.DatasetBuilder, split: str) -> "TfdsSource":
@@ -110,10 +152,19 @@ class TfdsSource:
         if image.shape[-1] == 1:  # grayscale datasets: the towers expect RGB
             image = np.repeat(image, 3, axis=-1)
         out["image"] = image
-        if "label" in out:
-            out["label"] = int(out["label"])
-        out["caption"] = self._caption(example)
+        for key in self._ints:
+            out[key] = int(out[key])
+        for key in self._text_lists:
+            out[key] = _as_text(example[key])
+        if self._has_caption:
+            out["caption"] = self._caption(example)
         return out
+
+    @property
+    def fields(self) -> list[str]:
+        """The fields of every example (what tasks check before anything is read)."""
+        caption = {"caption"} if self._has_caption else set()
+        return sorted(set(self._keys) | set(self._text_lists) | caption)
 
     def __getitem__(self, index: int) -> dict:
         return self._convert(self._source[index])
@@ -124,16 +175,60 @@ class TfdsSource:
 
     def captions(self, limit: int | None = None) -> list[str]:
         """The first `limit` captions (all if None) in index order; no image is decoded."""
+        return self._read_texts(self._caption, limit)
+
+    def texts(self, field: str, limit: int | None = None) -> list:
+        """The first `limit` values of the text `field` (all if None) in index order, without
+        decoding any image: a str per example, or a list of str for a field with several
+        texts per example (e.g. "captions" of COCO-style datasets: all references).
+        "caption" is what examples carry (the first caption, or the class name).
+        """
+        if field == "caption":
+            return self.captions(limit)
+        if field not in self._features or not _is_text(self._features[field]):
+            text_fields = sorted(k for k, f in self._features.items() if _is_text(f))
+            raise ValueError(f"no text field {field!r} in this dataset; it has {text_fields}")
+        return self._read_texts(lambda ex: _as_text(ex[field]), limit)
+
+    def _read_texts(self, read, limit: int | None) -> list:
         n = len(self) if limit is None else min(limit, len(self))
         out = []
         for start in range(0, n, _CAPTION_READ_BATCH):
             indices = list(range(start, min(start + _CAPTION_READ_BATCH, n)))
-            batch = self._text_source.__getitems__(indices)
-            out.extend(self._caption(ex) for ex in batch)
+            out.extend(read(ex) for ex in self._text_source.__getitems__(indices))
         return out
 
     def __repr__(self) -> str:
         return f"TfdsSource({self._source!r})"
+
+
+def _is_int_scalar(feature) -> bool:
+    if isinstance(feature, tfds.features.ClassLabel):
+        return True
+    shape, dtype = getattr(feature, "shape", None), getattr(feature, "np_dtype", None)
+    return shape == () and dtype is not None and np.issubdtype(dtype, np.integer)
+
+
+def _is_text(feature) -> bool:
+    """A Text feature, or a sequence of them (possibly as the single field of a dict)."""
+    if isinstance(feature, tfds.features.Text):
+        return True
+    if isinstance(feature, tfds.features.Sequence):
+        return _is_text(feature.feature)
+    if isinstance(feature, tfds.features.FeaturesDict) and len(feature.keys()) == 1:
+        return _is_text(next(iter(feature.values())))
+    return False
+
+
+def _as_text(value):
+    """A stored text value -> str, or list of str for sequences."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        return _as_text(next(iter(value.values())))
+    return [_as_text(v) for v in value]
 
 
 def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None, **kw):
@@ -146,6 +241,8 @@ def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None,
         ~/tensorflow_datasets. For fashion_mnist the folder of its IDX files (default
         /usr/share/datasets/fashion-mnist).
       **kw: vlax_shapes: image_size, train_size, test_size, p_two_objects;
+        vlax_shapes_vqa: the same (sizes count scenes) and questions_per_scene;
+        vlax_shapes_text: train_size, test_size, p_two_objects; easy_vqa: root;
         user data: strict, image_root, holdout; fashion_mnist and other tfds datasets: none.
 
     Raises:
@@ -159,9 +256,19 @@ def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None,
     if spec == FASHION_MNIST:
         _check_kwargs(spec, kw, ())
         return _fashion_mnist_source(split, data_dir)
-    if spec == BUILTIN:
-        _check_kwargs(spec, kw, _SHAPES_KWARGS)
-        builder = shapes_tfds.VlaxShapes(data_dir=data_dir, **kw)
+    if spec == SHAPES_TEXT:
+        _check_kwargs(spec, kw, _SHAPES_TEXT_KWARGS)
+        return _shapes_text_source(split, **kw)
+    if spec == EASY_VQA:
+        _check_kwargs(spec, kw, ("root",))
+        return _easy_vqa_source(split, kw.get("root"))
+    if spec in (BUILTIN, SHAPES_VQA):
+        if spec == BUILTIN:
+            _check_kwargs(spec, kw, _SHAPES_KWARGS)
+            builder = shapes_tfds.VlaxShapes(data_dir=data_dir, **kw)
+        else:
+            _check_kwargs(spec, kw, _SHAPES_VQA_KWARGS)
+            builder = shapes_vqa_tfds.VlaxShapesVqa(data_dir=data_dir, **kw)
         if not builder.is_prepared():
             _prepare_locked(builder)
     else:
@@ -215,14 +322,64 @@ def _fashion_mnist_source(
     return source
 
 
+def _sliced(source, spec: str, split: str, start: str | None, stop: str | None):
+    source = source.select(*_slice_bounds(start, stop, len(source)))
+    if not len(source):
+        raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
+    return source
+
+
+def _shapes_text_source(split: str, **kw) -> text_corpus.ShapesTextSource:
+    name, start, stop = _parse_split(split)
+    if name not in text_corpus.SPLIT_SEEDS:
+        raise ValueError(
+            f"Dataset {SHAPES_TEXT!r} has no split {name!r}; available: "
+            f"{sorted(text_corpus.SPLIT_SEEDS)}."
+        )
+    size = kw.get(f"{name}_size")
+    source = text_corpus.ShapesTextSource(name, size, kw.get("p_two_objects", 0.5))
+    return _sliced(source, SHAPES_TEXT, split, start, stop)
+
+
+def _easy_vqa_source(split: str, root: paths.PathLike | None) -> easy_vqa.EasyVqaSource:
+    name, start, stop = _parse_split(split)
+    if name not in easy_vqa.SPLITS:
+        raise ValueError(
+            f"Dataset {EASY_VQA!r} has no split {name!r}; available: {list(easy_vqa.SPLITS)}."
+        )
+    try:
+        source = easy_vqa.EasyVqaSource(root, name)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(
+            f"Dataset {EASY_VQA!r} not found: {e}. Install it with `{easy_vqa.INSTALL_HINT}` "
+            "(its wheel carries the data), or pass root= a folder of the same layout."
+        ) from None
+    return _sliced(source, EASY_VQA, split, start, stop)
+
+
+def read_texts(source, field: str, limit: int | None = None) -> list:
+    """`source.texts(field, limit)`, for any source: sources without `texts` (e.g. plain
+    lists) answer "caption" from `captions`, other fields from full reads (which decode
+    images: slower, same result)."""
+    if hasattr(source, "texts"):
+        return source.texts(field, limit)
+    if field == "caption" and hasattr(source, "captions"):
+        return source.captions(limit)
+    n = len(source) if limit is None else min(limit, len(source))
+    return [source[i][field] for i in range(n)]
+
+
 def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
     """What evaluators need beyond the examples: class_names and prompt_templates, if any.
 
     Returns:
-      {} for user data; {"class_names": [...]} for a tfds dataset with a ClassLabel "label";
-      for vlax_shapes also "prompt_templates" and "has_hard_negatives"; for fashion_mnist
-      "class_names" and "prompt_templates" (fashion_mnist.PROMPT_TEMPLATES, none of which
-      is a training caption template), without reading the data.
+      {} for user data and vlax_shapes_text; {"class_names": [...]} for a tfds dataset with a
+      ClassLabel "label"; for vlax_shapes also "prompt_templates" and "has_hard_negatives";
+      for VQA datasets "answers" (the answer vocabulary) and "majority_answer" (of the train
+      split; vlax_shapes_vqa: of its default build), vlax_shapes_vqa also "class_names" and
+      "question_types"; for fashion_mnist "class_names" and "prompt_templates"
+      (fashion_mnist.PROMPT_TEMPLATES, none of which is a training caption template), without
+      reading the data.
     """
     if spec.startswith(USER_PREFIX):
         return {}
@@ -237,6 +394,22 @@ def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
             "prompt_templates": list(shapes.PROMPT_TEMPLATES),
             "has_hard_negatives": True,
         }
+    if spec == SHAPES_VQA:
+        return {
+            "class_names": list(shapes.CLASS_NAMES),
+            "answers": list(shapes_vqa.ANSWERS),
+            "majority_answer": shapes_vqa_tfds.MAJORITY_ANSWER,
+            "question_types": list(shapes_vqa.QUESTION_TYPES),
+        }
+    if spec == SHAPES_TEXT:
+        return {}
+    if spec == EASY_VQA:
+        # The package's own answer list, without reading questions or images.
+        try:
+            answers = easy_vqa.read_answers(easy_vqa.package_data_dir())
+        except FileNotFoundError as e:
+            raise DatasetNotFoundError(f"{e}; install it with `{easy_vqa.INSTALL_HINT}`") from None
+        return {"answers": answers, "majority_answer": easy_vqa.MAJORITY_ANSWER}
     label = _class_label(_prepared_builder(spec, data_dir).info.features)
     return {"class_names": list(label.names)} if label is not None else {}
 

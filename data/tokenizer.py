@@ -115,6 +115,13 @@ class Tokenizer:
             raise TypeError("token_counts expects a sequence of strings, got a single str")
         return np.array([len(ids) for ids in self._sp.encode(self._prepare(texts))], np.int64)
 
+    def pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """The piece ids of each text, uncut and without BOS/EOS/padding (what generative
+        tasks assemble their layouts from, e.g. question pieces + answer pieces + EOS)."""
+        if isinstance(texts, str):
+            raise TypeError("pieces expects a sequence of strings, got a single str")
+        return [list(ids) for ids in self._sp.encode(self._prepare(texts))]
+
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         if not self.canonicalize:
             return list(texts)

@@ -79,6 +79,8 @@ class UserPairsSource:
         then the unreadable images found by reads (a snapshot; it grows as reads find more).
     """
 
+    fields = ("image", "caption")
+
     def __init__(
         self,
         path: paths.PathLike,
@@ -162,6 +164,12 @@ class UserPairsSource:
         Pairs whose images later prove unreadable are included: no image is opened here.
         """
         return [caption for _, caption in self.pairs[:limit]]
+
+    def texts(self, field: str, limit: int | None = None) -> list[str]:
+        """`captions(limit)` for field "caption", the only text field of user pairs."""
+        if field != "caption":
+            raise ValueError(f"user pairs have the text field 'caption' only, not {field!r}")
+        return self.captions(limit)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -117,3 +117,13 @@ def test_loads_from_gcs(tok, gcs):
     loaded = get_tokenizer(str(remote))
     assert loaded.model_path == str(remote)
     np.testing.assert_array_equal(loaded.encode(TEXTS, 16), tok.encode(TEXTS, 16))
+
+
+def test_pieces_are_the_text_without_framing(tok):
+    pieces = tok.pieces(TEXTS)
+    framed = tok.encode(TEXTS, 128)
+    for ids, row, n in zip(pieces, framed, tok.token_counts(TEXTS), strict=True):
+        # encode = [CLS] + pieces + [SEP]: pieces drop only the framing and padding.
+        assert ids == row[1:n].tolist() and tok.bos_id not in ids and tok.eos_id not in ids
+    with pytest.raises(TypeError, match="single str"):
+        tok.pieces("a cat")

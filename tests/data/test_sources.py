@@ -324,3 +324,29 @@ def test_builtin_generation_on_gcs_skips_the_local_lock(gcs, monkeypatch):
     monkeypatch.setattr(shapes_tfds, "prepare", fail)
     with pytest.raises(OSError, match="not writable"):
         sources._prepare_locked(FakeBuilder())
+
+
+def test_texts_read_any_text_field_without_images(tiny_dir, shapes_dir, monkeypatch):
+    coco = sources.get_source("tiny_captions", "train", data_dir=tiny_dir)
+    assert coco.fields == ["caption", "captions", "image"]
+    firsts = coco.captions()
+    assert coco[0]["captions"] == [coco[0]["caption"], "second" + coco[0]["caption"][5:]]
+    shapes_src = sources.get_source(f"vlax_shapes/{_SHAPES_CONFIG}", "test", data_dir=shapes_dir)
+    assert shapes_src.fields == ["caption", "hard_negative", "image", "label"]
+    negatives = [shapes_src[i]["hard_negative"] for i in range(3)]
+
+    monkeypatch.setattr(tfds.features.Image, "decode_example_np", lambda *a: pytest.fail("decoded"))
+    refs = coco.texts("captions")  # all references of each image, in source order
+    assert refs == [[f, "second" + f[len("first") :]] for f in firsts]
+    assert coco.texts("caption", 2) == firsts[:2]
+    assert shapes_src.texts("hard_negative", 3) == negatives
+    with pytest.raises(ValueError, match=r"no text field 'label'.*\['captions'\]"):
+        coco.texts("label")
+
+
+def test_read_texts_falls_back_for_plain_sources():
+    rows = [
+        {"image": np.zeros((2, 2, 3), np.uint8), "caption": f"c{i}", "q": f"q{i}"} for i in range(4)
+    ]
+    assert sources.read_texts(rows, "q", 2) == ["q0", "q1"]
+    assert sources.read_texts(rows, "caption") == ["c0", "c1", "c2", "c3"]

@@ -41,8 +41,9 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 
 def test_special_ids(tokenizer):
-    assert (tokenizer.pad_id, UNK_ID, tokenizer.eos_id, tokenizer.bos_id) == (0, 1, 2, 3)
-    assert (PAD_ID, EOS_ID, BOS_ID) == (0, 2, 3)
+    # EOS is 3, BOS 2 (data/tokenizer.py: transformers reads a CLIP eos_token_id of 2 as legacy).
+    assert (tokenizer.pad_id, UNK_ID, tokenizer.eos_id, tokenizer.bos_id) == (0, 1, 3, 2)
+    assert (PAD_ID, EOS_ID, BOS_ID) == (0, 3, 2)
     assert 10 < tokenizer.vocab_size <= 500  # hard_vocab_limit=False: tiny corpus, small vocab
 
 
@@ -189,3 +190,22 @@ def test_truncation_stats_95pct_boundary(tokenizer):
     long_text = "a red ball right of the green tree next to the blue cube."
     stats = truncation_stats(tokenizer, ["a"] * 19 + [long_text], 64)
     assert stats == {"num_texts": 20, "num_truncated": 0, "max_len_for_95pct": short + 1}
+
+
+def test_pieces_are_encode_without_specials(tokenizer):
+    texts = make_captions(10, seed=3) + [""]
+    pieces = tokenizer.pieces(texts)
+    encoded = tokenizer.encode(texts, 64)
+    for ids, row in zip(pieces, encoded, strict=True):
+        assert row[: len(ids) + 1].tolist() == ids + [EOS_ID] and EOS_ID not in ids
+    assert pieces[-1] == [] and tokenizer.pieces(["a red ball"])[0] == pieces_of(
+        tokenizer, "a red ball"
+    )
+    with pytest.raises(TypeError, match="single str"):
+        tokenizer.pieces("a red ball")
+
+
+def pieces_of(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode([text], 64, add_eos=False)[0][
+        : tokenizer.token_counts([text])[0]
+    ].tolist()

@@ -222,6 +222,9 @@ def test_captions_read_text_only(folder, monkeypatch):
     assert src.captions() == ["a red square", "a green square", "a blue square"]
     assert src.captions(2) == ["a red square", "a green square"]
     assert src.select(1, None).captions(5) == ["a green square", "a blue square"]
+    assert src.texts("caption", 2) == src.captions(2) and src.fields == ("image", "caption")
+    with pytest.raises(ValueError, match="'caption' only"):
+        src.texts("answer")
 
 
 def test_alpha_and_grayscale_become_rgb(tmp_path):
