@@ -209,4 +209,10 @@ def embed_all(fn: EmbedFn, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 # Importing the evaluator modules registers them; they import the helpers above.
-from experiments.evaluators import hard_negatives, retrieval, zero_shot  # noqa: E402, F401
+from experiments.evaluators import (  # noqa: E402, F401
+    captioning,
+    hard_negatives,
+    retrieval,
+    vqa,
+    zero_shot,
+)
