@@ -12,6 +12,11 @@ Norm placement (pre- or post-LN), an embedding LayerNorm, token-type embeddings 
 padding masks and the pooling position add no matmuls, so BERT- and SigLIP-style text towers
 count like any other.
 
+Decoders (`decoder_forward_flops`): grouped-query attention has narrower k/v projections
+(num_kv_heads * head_dim) but attends with every query head; a KV-cached call projects only
+its new tokens and attends over the whole cache; cross-attention adds q/out on the tokens, k/v
+on the memory (once, at prefill) and a T x M score matrix.
+
 Training costs 3x the forward (the backward computes activation and weight gradients, each
 about one forward); see `train_flops` for frozen towers.
 """
@@ -114,6 +119,70 @@ def text_forward_flops(
     if vocab_size:
         flops += dense_flops(seq_len, width, vocab_size)
     return flops
+
+
+def grouped_attention_flops(
+    q_len: int,
+    kv_len: int,
+    width: int,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    *,
+    kv_width: int | None = None,
+    projected_kv: int | None = None,
+) -> float:
+    """Grouped-query attention of q_len queries over kv_len keys: q and out projections (width
+    <-> num_heads * head_dim), k and v projections (kv_width, default width, -> num_kv_heads *
+    head_dim) of `projected_kv` rows (default kv_len; fewer when a KV cache holds the rest),
+    q k^T and probs v over all num_heads heads."""
+    head_dim = head_dim or width // num_heads
+    q_width, k_width = num_heads * head_dim, (num_kv_heads or num_heads) * head_dim
+    projected = kv_len if projected_kv is None else projected_kv
+    flops = dense_flops(q_len, width, q_width) + dense_flops(q_len, q_width, width)
+    flops += 2 * dense_flops(projected, kv_width or width, k_width)
+    return flops + 2.0 * 2.0 * q_len * kv_len * q_width
+
+
+def decoder_forward_flops(
+    seq_len: int,
+    width: int,
+    depth: int,
+    mlp_dim: int,
+    vocab_size: int,
+    *,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    glu: bool = False,
+    context_len: int | None = None,
+    memory_len: int = 0,
+    memory_width: int | None = None,
+    project_memory: bool = True,
+) -> float:
+    """Forward FLOPs of `models.decoder.Decoder` on one sequence of seq_len new tokens.
+
+    Self-attention: the new tokens' k/v projections, attention over context_len keys (default
+    seq_len; a KV-cached call attends over its whole cache: one decoding step is seq_len=1,
+    context_len = the cache length). memory_len > 0: cross-attention in every layer over
+    memory_len tokens of memory_width (default width), whose k/v projections count only with
+    project_memory (the prefill; decoding steps read them from the cache). glu: the SwiGLU MLP.
+    Includes the vocab_size logits of every new token (tied or not).
+    """
+    heads = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim)
+    context = seq_len if context_len is None else context_len
+    layer = grouped_attention_flops(seq_len, context, width, **heads, projected_kv=seq_len)
+    if memory_len:
+        layer += grouped_attention_flops(
+            seq_len,
+            memory_len,
+            width,
+            **heads,
+            kv_width=memory_width,
+            projected_kv=memory_len if project_memory else 0,
+        )
+    layer += mlp_flops(seq_len, width, mlp_dim, glu=glu)
+    return depth * layer + dense_flops(seq_len, width, vocab_size)
 
 
 def train_flops(forward: float, *, frozen: bool = False, backprop_through: bool = False) -> float:
