@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import layers
+from models import attention, layers
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ class DecoderBlock(nn.Module):
         "memory_mask" [B, 1, 1, M] | None, "index" int scalar; layer_cache: this layer's
         "k", "v" [B, S, Hkv, hd] (and "cross_k", "cross_v") or None."""
         names = ("batch", "length", "embed")
-        attn = lambda name, rope_base: layers.GroupedQueryAttention(  # noqa: E731
+        attn = lambda name, rope_base: attention.GroupedQueryAttention(  # noqa: E731
             self.num_heads,
             self.num_kv_heads,
             self.head_dim,

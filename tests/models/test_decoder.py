@@ -10,7 +10,7 @@ from flax import traverse_util
 from jax.sharding import AxisType, PartitionSpec
 
 from experiments import sharding
-from models import decoder, flops, layers
+from models import attention, decoder, flops
 from tests.models.test_layers import (
     assert_logically_partitioned,
     param_names,
@@ -315,7 +315,7 @@ def test_grouped_attention_implementations_agree():
     positions = np.array([np.arange(6), np.arange(3, 9)])
     mask = np.tril(np.ones((6, 6), bool))[None, None] & np.ones((2, 1, 1, 6), bool)
     mask[1, :, :, 0] = False  # row 1's first query sees no key
-    gqa = lambda impl, **kw: layers.GroupedQueryAttention(  # noqa: E731
+    gqa = lambda impl, **kw: attention.GroupedQueryAttention(  # noqa: E731
         HEADS, 2, rope_base=1e4, implementation=impl, **kw
     )
     variables = random_params(gqa("einsum"), x, mask=mask, positions=positions)
@@ -326,9 +326,9 @@ def test_grouped_attention_implementations_agree():
     assert_close(outs[0], outs[1])
     assert np.isfinite(outs[0]).all()
     # With as many key/value heads as query heads and no rope it is MultiHeadAttention.
-    mha = layers.MultiHeadAttention(HEADS)
+    mha = attention.MultiHeadAttention(HEADS)
     mha_vars = random_params(mha, x, mask=mask)
-    got = jax.jit(layers.GroupedQueryAttention(HEADS).apply)(mha_vars, x, mask=mask)[0]
+    got = jax.jit(attention.GroupedQueryAttention(HEADS).apply)(mha_vars, x, mask=mask)[0]
     assert_close(got, jax.jit(mha.apply)(mha_vars, x, mask=mask))
 
 

@@ -9,7 +9,7 @@ from flax import traverse_util
 from jax.sharding import AxisType
 from scipy.special import erf
 
-from models import layers
+from models import attention, layers
 
 AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "patches", "latents"}
 
@@ -124,7 +124,7 @@ def test_einsum_attention_matches_jax(causal, masked, cross):
     @jax.jit
     def run_both(q, k, v):
         def run(impl):
-            f = lambda q, k, v: layers.attention(q, k, v, mask, causal, impl)
+            f = lambda q, k, v: attention.attention(q, k, v, mask, causal, impl)
             grads = jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2))(q, k, v)
             return f(q, k, v), grads
 
@@ -145,8 +145,8 @@ def test_attention_masks_and_causality_are_respected():
     @jax.jit
     def run(q, k, v):
         return (
-            layers.einsum_attention(q, k, v, causal=True),
-            layers.einsum_attention(q, k, v, mask=only_key_2),
+            attention.einsum_attention(q, k, v, causal=True),
+            attention.einsum_attention(q, k, v, mask=only_key_2),
         )
 
     causal, masked = run(q, k, v)
@@ -154,13 +154,13 @@ def test_attention_masks_and_causality_are_respected():
     np.testing.assert_allclose(causal[:, 0], v[:, 0], atol=1e-6)
     np.testing.assert_allclose(masked, jnp.broadcast_to(v[:, 2:3], masked.shape), atol=1e-6)
     with pytest.raises(ValueError, match="Unknown attention implementation"):
-        layers.attention(q, k, v, implementation="flash")
+        attention.attention(q, k, v, implementation="flash")
 
 
 def test_multihead_attention_implementations_agree():
     x = normal(0, 2, 6, 32)
     mask = jnp.ones((2, 1, 1, 6), bool).at[1, ..., 4:].set(False)
-    mha = lambda impl: layers.MultiHeadAttention(num_heads=4, implementation=impl)
+    mha = lambda impl: attention.MultiHeadAttention(num_heads=4, implementation=impl)
     params = random_params(mha("einsum"), x, mask=mask)
     outs = [
         jax.jit(mha(i).apply, static_argnames="causal")(params, x, mask=mask, causal=True)
@@ -173,7 +173,7 @@ def test_multihead_attention_implementations_agree():
     assert kernels["query"]["kernel"].shape == (32, 4, 8)
     assert kernels["out"]["kernel"].shape == (4, 8, 32)
     with pytest.raises(ValueError, match="divisible"):
-        jax.eval_shape(layers.MultiHeadAttention(num_heads=5).init, jax.random.key(0), x)
+        jax.eval_shape(attention.MultiHeadAttention(num_heads=5).init, jax.random.key(0), x)
 
 
 def test_activations():

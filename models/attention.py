@@ -1,0 +1,295 @@
+"""Attention: the einsum and jax kernels, multi-head and grouped-query attention, rotary
+position embeddings. Shapes and logical axes as in models/layers.py."""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.axes import constrain, part
+
+Array = jax.Array
+Dtype = Any
+
+ATTN_IMPLEMENTATIONS = (None, "einsum", "xla", "cudnn")
+
+
+def default_attn_implementation() -> str | None:
+    """The hand-written einsum kernel on CPU (measured ~10% faster there), else jax's choice."""
+    return "einsum" if jax.default_backend() == "cpu" else None
+
+
+def einsum_attention(
+    q: Array, k: Array, v: Array, mask: Array | None = None, causal: bool = False
+) -> Array:
+    """Softmax attention with heads moved before length ([B, H, L, hd]) for fast CPU matmuls.
+
+    Args:
+      q: [B, T, H, hd]; k, v: [B, S, H, hd].
+      mask: bool, broadcastable to [B, H, T, S]; True = attend.
+      causal: additionally mask keys after the query position (top-left aligned).
+
+    Returns:
+      [B, T, H, hd]. Semantics match `jax.nn.dot_product_attention` (fully masked rows
+      give a uniform average, not NaN).
+    """
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    logits = jnp.einsum("bhtd,bhsd->bhts", q, k) * jnp.asarray(scale, q.dtype)
+    if causal:
+        t, s = logits.shape[-2:]
+        tri = jnp.tril(jnp.ones((t, s), bool))
+        mask = tri if mask is None else jnp.logical_and(mask, tri)
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        # Same large finite negative as jax's reference so fully masked rows agree.
+        logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhts,bhsd->bhtd", weights, v)
+    return out.transpose(0, 2, 1, 3)
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    causal: bool = False,
+    implementation: str | None = None,
+) -> Array:
+    """Dispatches to `einsum_attention` or `jax.nn.dot_product_attention`. Shapes as there."""
+    if implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"Unknown attention implementation {implementation!r}: {ATTN_IMPLEMENTATIONS}"
+        )
+    if implementation == "einsum":
+        return einsum_attention(q, k, v, mask=mask, causal=causal)
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, implementation=implementation
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (self or cross) attention. [B, T, D] (and kv [B, S, D]) -> [B, T, D].
+
+    `implementation`: "einsum" (hand-written, transposed layout), "xla"/"cudnn"
+    (`jax.nn.dot_product_attention`), or None = "einsum" on CPU and jax's choice elsewhere.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        kv: Array | None = None,
+        *,
+        mask: Array | None = None,
+        causal: bool = False,
+    ) -> Array:
+        """x: [B, T, D]; kv: [B, S, D] (defaults to x); mask: bool broadcastable to
+        [B, H, T, S], e.g. [B, 1, T, S] or key padding [B, 1, 1, S]."""
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+        head_dim = width // self.num_heads
+        kv = x if kv is None else kv
+
+        def proj(name: str, inp: Array) -> Array:
+            y = nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                dtype=self.dtype,
+                kernel_init=_reshaped_init(
+                    nn.initializers.xavier_uniform(),
+                    (inp.shape[-1], self.num_heads, head_dim),
+                    ("embed", "heads", "kv"),
+                ),
+                bias_init=_reshaped_init(
+                    nn.initializers.zeros, (self.num_heads, head_dim), ("heads", "kv")
+                ),
+                name=name,
+            )(inp)
+            return constrain(y, ("batch", "length", "heads", "kv"))
+
+        q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
+        impl = self.implementation
+        impl = default_attn_implementation() if impl is None else impl
+        y = attention(q, k, v, mask=mask, causal=causal, implementation=impl)
+        y = constrain(y, ("batch", "length", "heads", "kv"))
+        return nn.DenseGeneral(
+            width,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            kernel_init=_reshaped_init(
+                nn.initializers.xavier_uniform(),
+                (self.num_heads, head_dim, width),
+                ("heads", "kv", "embed"),
+            ),
+            bias_init=part(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(y)
+
+
+def _reshaped_init(
+    init: Callable, shape: tuple[int, ...], names: tuple[str | None, ...]
+) -> Callable:
+    """Initializer for a DenseGeneral kernel/bias, boxed at its final rank.
+
+    DenseGeneral asks for a flattened kernel/bias and reshapes it afterwards, but a
+    logical box must hold an array of its own rank (its constraint is applied on unbox).
+    """
+
+    def reshaped(key: Array, flat_shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+        return init(key, flat_shape, dtype).reshape(shape)
+
+    return part(reshaped, names)
+
+
+def rotary_embedding(x: Array, positions: Array, base: float = 10_000.0) -> Array:
+    """Rotary position embedding (RoPE) in the half-split layout of GPT-NeoX and HF Llama.
+
+    Args:
+      x: [B, T, H, hd], hd even. Channel i < hd/2 pairs with channel i + hd/2.
+      positions: [B, T] int; pair i turns by the angle positions * base ** (-2i / hd).
+
+    Returns:
+      [B, T, H, hd] in x.dtype (rotated in float32).
+    """
+    head_dim = x.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"rotary_embedding needs an even head_dim, got {head_dim}.")
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    sin, cos = jnp.sin(angles)[:, :, None], jnp.cos(angles)[:, :, None]  # [B, T, 1, hd/2]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def grouped_attention(
+    q: Array, k: Array, v: Array, mask: Array | None = None, implementation: str | None = None
+) -> Array:
+    """`attention` with fewer key/value heads than query heads (grouped-query attention).
+
+    q: [B, T, H, hd]; k, v: [B, S, Hkv, hd] with Hkv dividing H: query head h reads key/value
+    head h // (H / Hkv), the grouping of `jax.nn.dot_product_attention` and HF `repeat_kv`.
+    mask: bool broadcastable to [B, H, T, S]. Returns [B, T, H, hd].
+    """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"{kv_heads} key/value heads do not divide {heads} query heads.")
+    impl = default_attn_implementation() if implementation is None else implementation
+    if impl == "einsum" and heads != kv_heads:
+        # The einsum kernel pairs heads one to one; jax's kernels take the groups natively.
+        k, v = (jnp.repeat(a, heads // kv_heads, axis=2) for a in (k, v))
+    return attention(q, k, v, mask=mask, implementation=impl)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query (self or cross) attention with optional RoPE and a KV cache.
+
+    [B, T, D] (and kv inputs [B, S, Dkv]) -> [B, T, D]. `num_kv_heads` (default num_heads)
+    must divide `num_heads`: 1 is multi-query attention. `head_dim` defaults to
+    D // num_heads. Parameters as `MultiHeadAttention`'s: "query" [D, H, hd], "key" and
+    "value" [Dkv, Hkv, hd], "out" [H, hd, D], with biases when `use_bias`. `rope_base` set:
+    rotary embeddings on queries and keys (self-attention only).
+    """
+
+    num_heads: int
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    use_bias: bool = True
+    rope_base: float | None = None
+    dtype: Dtype = jnp.float32
+    implementation: str | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        inputs_kv: Array | None = None,
+        *,
+        mask: Array | None = None,
+        positions: Array | None = None,
+        cache: tuple[Array, Array] | None = None,
+        index: Array | None = None,
+        kv: tuple[Array, Array] | None = None,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """Attends x's queries to keys/values from x, `inputs_kv`, a cache or `kv`.
+
+        Args:
+          x: [B, T, D].
+          inputs_kv: [B, S, Dkv] to project keys/values from (cross-attention); None = x.
+          mask: bool broadcastable to [B, H, T, S'], S' the number of keys attended.
+          positions: [B, T] int positions of x's tokens (needed with `rope_base`).
+          cache: one layer's (k, v) [B, S', Hkv, hd]: the new keys/values are written at
+            slot `index` (int scalar) and the queries attend over the whole cache.
+          kv: precomputed (k, v) [B, S', Hkv, hd] to attend to (cached cross-attention).
+
+        Returns:
+          (out [B, T, D], (k, v)): the keys/values this call projected, [B, T or S, Hkv,
+          hd], for the caller to cache (`kv` itself when given).
+        """
+        width = x.shape[-1]
+        kv_heads = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv_heads:
+            raise ValueError(f"num_kv_heads {kv_heads} does not divide num_heads {self.num_heads}.")
+        if self.head_dim is None and width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+        head_dim = self.head_dim or width // self.num_heads
+        rope = self.rope_base is not None
+        if rope and (inputs_kv is not None or kv is not None):
+            raise ValueError("Rotary embeddings are for self-attention: no inputs_kv or kv.")
+        if rope and positions is None:
+            raise ValueError("Rotary embeddings need the token positions.")
+
+        def proj(name: str, inp: Array, heads: int) -> Array:
+            y = nn.DenseGeneral(
+                (heads, head_dim),
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                kernel_init=_reshaped_init(
+                    nn.initializers.xavier_uniform(),
+                    (inp.shape[-1], heads, head_dim),
+                    ("embed", "heads", "kv"),
+                ),
+                bias_init=_reshaped_init(nn.initializers.zeros, (heads, head_dim), ("heads", "kv")),
+                name=name,
+            )(inp)
+            return constrain(y, ("batch", "length", "heads", "kv"))
+
+        q = proj("query", x, self.num_heads)
+        if kv is None:
+            source = x if inputs_kv is None else inputs_kv
+            k, v = proj("key", source, kv_heads), proj("value", source, kv_heads)
+        else:
+            k, v = kv
+        if rope:
+            q = rotary_embedding(q, positions, self.rope_base)
+            k = rotary_embedding(k, positions, self.rope_base)
+        new_kv = (k, v)
+        if cache is not None:
+            k, v = (
+                jax.lax.dynamic_update_slice_in_dim(c, a.astype(c.dtype), index, axis=1)
+                for c, a in zip(cache, new_kv, strict=True)
+            )
+        y = grouped_attention(q, k, v, mask=mask, implementation=self.implementation)
+        y = constrain(y, ("batch", "length", "heads", "kv"))
+        out = nn.DenseGeneral(
+            width,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=_reshaped_init(
+                nn.initializers.xavier_uniform(),
+                (self.num_heads, head_dim, width),
+                ("heads", "kv", "embed"),
+            ),
+            bias_init=part(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(y)
+        return out, new_kv
