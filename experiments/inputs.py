@@ -72,7 +72,19 @@ def _plain(x: Any) -> Any:
 class Inputs:
     """The input side of one experiment (train stream, eval data, tokenizer)."""
 
-    def __init__(self, config, *, global_batch_size: int, seed: int, build_train: bool = True):
+    def __init__(
+        self,
+        config,
+        *,
+        global_batch_size: int,
+        seed: int,
+        build_train: bool = True,
+        inherited_tokenizer: Mapping[str, Any] | None = None,
+    ):
+        """`inherited_tokenizer`: the recorded tokenizer of a checkpoint this run starts from
+        (config.init), used when config.data.tokenizer.model is empty: a fine-tune must read
+        the ids its weights were trained on."""
+        self.inherited_tokenizer = inherited_tokenizer
         config_utils.check_keys(config, DATA_KEYS, "config.data")
         config_utils.check_keys(
             config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer"
@@ -135,6 +147,13 @@ class Inputs:
             canonicalize=bool(cfg.get("canonicalize")), lowercase=bool(cfg.get("lowercase"))
         )
         path = cfg.get("model")
+        if not path and self.inherited_tokenizer:
+            tok = self.inherited_tokenizer
+            logging.info("Tokenizer of the init checkpoint: %s", tok["path"])
+            flags = dict(
+                canonicalize=bool(tok.get("canonicalize")), lowercase=bool(tok.get("lowercase"))
+            )
+            return tokenizer_lib.get_tokenizer(tok["path"], None, **flags)
         if not path:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
             # v2: the special-id layout (bos 2, eos 3); c/l: canonical / lowercased text.
@@ -201,6 +220,30 @@ class Inputs:
             "bos_id": tok.bos_id,
             "canonicalize": bool(getattr(tok, "canonicalize", False)),
             "lowercase": bool(getattr(tok, "lowercase", False)),
+        }
+
+    def model_fields(self) -> dict[str, Any]:
+        """What a model config takes from the data: vocab_size (None without a tokenizer:
+        shapes-only use such as the benchmark, where configs give it), the special ids,
+        max_len, image_size and the tokenizer's path (for messages)."""
+        if self.train_source is None:
+            tok, ids = (
+                None,
+                dict(
+                    pad_id=tokenizer_lib.PAD_ID,
+                    eos_id=tokenizer_lib.EOS_ID,
+                    bos_id=tokenizer_lib.BOS_ID,
+                ),
+            )
+        else:
+            tok = self.tokenizer
+            ids = dict(pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id)
+        return {
+            **ids,
+            "vocab_size": tok.vocab_size if tok else None,
+            "tokenizer_path": tok.model_path if tok else None,
+            "max_len": self.max_len,
+            "image_size": self.image_size,
         }
 
     def description(self) -> dict[str, Any]:
@@ -356,8 +399,8 @@ def check_model_keys(objective_cls: type, cfg: Mapping[str, Any]) -> None:
 
 
 def complete_model_config(objective_cls: type, model_config, data: Inputs) -> dict[str, Any]:
-    """Checks the objective's kwargs, fills tokenizer-dependent text-tower fields and freezes
-    nested dicts for Linen."""
+    """Checks the objective's kwargs, lets it fill the data-dependent fields (vocabulary size,
+    special ids, lengths: `objective_cls.fill_data_fields`) and freezes nested dicts."""
     cfg = _plain(model_config)
     check_model_keys(objective_cls, cfg)
     image = _plain(cfg.get("image", {}))
@@ -369,23 +412,8 @@ def complete_model_config(objective_cls: type, model_config, data: Inputs) -> di
                 f"config.data.image_size={data.image_size} is not a multiple of the image "
                 f"tower's patch size {patch} (config.model.image.variant/patch_size)."
             )
-    text = dict(_plain(cfg.get("text", {})))
-    if text:
-        if data.train_source is None and "vocab_size" in text:
-            # Shapes-only use (benchmark): no tokenizer needed, our models' fixed special ids.
-            pad_id, eos_id = tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID
-        else:
-            tok = data.tokenizer
-            pad_id, eos_id = tok.pad_id, tok.eos_id
-            text.setdefault("vocab_size", tok.vocab_size)
-            if text["vocab_size"] < tok.vocab_size:
-                raise config_utils.ConfigError(
-                    f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
-                    f"tokenizer's {tok.vocab_size} pieces ({tok.model_path})."
-                )
-        text.setdefault("max_len", data.max_len)
-        text.setdefault("pad_id", pad_id)
-        if text.get("pool_type", "eos") == "eos":
-            text.setdefault("eos_id", eos_id)
-        cfg["text"] = text
+    try:
+        cfg = objective_cls.fill_data_fields(cfg, data.model_fields())
+    except ValueError as e:
+        raise config_utils.ConfigError(str(e)) from None
     return {k: FrozenDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}

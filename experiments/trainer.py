@@ -150,8 +150,18 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
     mesh = sharding.make_mesh(config.mesh, config.get("mesh_dcn") or (), devices)
     sharding.check_batch_size(config.batch_size, mesh)
     rules = _tuples(config.get("sharding_rules") or sharding.DEFAULT_RULES)
+    init = config.get("init") or {}
+    inherited = None
+    if init.get("checkpoint"):  # a fine-tune reads the ids its weights were trained on
+        inherited = checkpointing.read_meta(init["checkpoint"], init.get("step"))[0].get(
+            "tokenizer"
+        )
     data = inputs.Inputs(
-        config.data, global_batch_size=config.batch_size, seed=config.seed, build_train=need_data
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        build_train=need_data,
+        inherited_tokenizer=inherited,
     )
     evaluators = {}
     if need_data:  # evaluator configs and their data are checked before anything compiles

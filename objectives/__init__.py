@@ -8,6 +8,7 @@ import importlib
 # name -> "module:Class"; imported lazily so one objective's deps never load another's.
 REGISTRY = {
     "contrastive": "objectives.contrastive:TwoTower",
+    "prefix_lm": "objectives.prefix_lm:PrefixLM",
 }
 
 

@@ -91,6 +91,25 @@ class TwoTower(nn.Module):
         # The loss reports the (clamped) logit scale and the bias among its metrics.
         return loss, dict(metrics)
 
+    @classmethod
+    def fill_data_fields(cls, cfg: dict, data: Mapping[str, Any]) -> dict:
+        """The text tower's vocab_size (default: the tokenizer's), max_len, pad/EOS ids."""
+        text = dict(cfg.get("text", {}))
+        if not text:
+            return cfg
+        if data["vocab_size"] is not None:
+            text.setdefault("vocab_size", data["vocab_size"])
+            if text["vocab_size"] < data["vocab_size"]:
+                raise ValueError(
+                    f"config.model.text.vocab_size={text['vocab_size']} is smaller than the "
+                    f"tokenizer's {data['vocab_size']} pieces ({data['tokenizer_path']})."
+                )
+        text.setdefault("max_len", data["max_len"])
+        text.setdefault("pad_id", data["pad_id"])
+        if text.get("pool_type", "eos") == "eos":
+            text.setdefault("eos_id", data["eos_id"])
+        return {**cfg, "text": text}
+
     def train_flops_per_example(
         self, shapes: Mapping[str, tuple[int, ...]], frozen: frozenset[str] | set[str] = frozenset()
     ) -> dict[str, float]:
