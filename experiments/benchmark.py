@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import objectives  # noqa: E402
 from data import tokenizer as tokenizer_lib  # noqa: E402
 from experiments import flops, sharding, trainer  # noqa: E402
 
@@ -34,28 +35,42 @@ _CONFIG = config_flags.DEFINE_config_file(
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after the warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
+_DECODE = flags.DEFINE_list(
+    "decode_batch_sizes", ["1", "8"], "Generative objectives: batch sizes to time decoding at."
+)
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "Generative objectives: new tokens.")
 flags.mark_flags_as_required(["config"])
 
 
-def synthetic_batch(shapes: dict, batch_size: int, vocab_size: int, seed: int = 0) -> dict:
-    """Random images and EOS-terminated token rows of the config's shapes."""
+def synthetic_batch(layout: dict, vocab_size: int, seed: int = 0) -> dict:
+    """Random images and EOS-terminated token rows (random prefix lengths for generative
+    tasks) shaped like `layout`, a data.dummy_batch."""
     rng = np.random.default_rng(seed)
-    image = rng.standard_normal((batch_size, *shapes["image"]), dtype=np.float32)
-    length = shapes["tokens"][0]
+    batch = dict(layout)
+    batch["image"] = rng.standard_normal(layout["image"].shape, dtype=np.float32)
+    batch_size, length = layout["tokens"].shape
     tokens = rng.integers(4, vocab_size, (batch_size, length), dtype=np.int32)
     tokens[:, -1] = tokenizer_lib.EOS_ID
-    return {"image": image, "tokens": tokens}
+    batch["tokens"] = tokens
+    if "prefix_len" in layout:
+        batch["prefix_len"] = rng.integers(0, length - 1, (batch_size,), dtype=np.int32)
+    return batch
+
+
+def _vocab_size(model_config: dict) -> int:
+    for tower in ("text", "decoder"):
+        if tower in model_config and model_config[tower].get("vocab_size"):
+            return int(model_config[tower]["vocab_size"])
+    return 32000
 
 
 def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     """Builds the trainer's step for `config` and times it. Returns the figures as a dict."""
     s = trainer.setup(config, need_data=False)
-    vocab = dict(s.model.text).get("vocab_size", 32000)
     # Each process feeds its slice of the global batch.
     local = synthetic_batch(
-        s.inputs.example_shapes(),
-        config.batch_size // jax.process_count(),
-        vocab,
+        s.inputs.dummy_batch(config.batch_size // jax.process_count()),
+        _vocab_size(s.meta["model_config"]),
         seed=jax.process_index(),
     )
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
@@ -105,9 +120,61 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     }
 
 
+def decode_benchmark(config, *, batch_sizes=(1, 8), new_tokens: int = 32, repeats: int = 3):
+    """Greedy decoding throughput (new tokens/s) with the KV cache and without (the plain
+    reference re-running the decoder per token), for an objective with `generate`.
+
+    EOS is disabled so every run produces exactly `new_tokens` tokens (random weights would
+    otherwise stop at random lengths)."""
+    s = trainer.setup(config, need_data=False)
+    model = s.model.clone(eos_id=-1)
+    params = s.fresh_state()["params"]
+    size, length = s.inputs.image_size, s.inputs.max_len
+    out = {"new_tokens": new_tokens}
+    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+        for use_cache in (True, False):
+            fn = jax.jit(
+                lambda p, i, t, n, c=use_cache: model.apply(
+                    {"params": p},
+                    i,
+                    t,
+                    n,
+                    method="generate",
+                    max_new_tokens=new_tokens,
+                    decode="greedy",
+                    use_cache=c,
+                )
+            )
+            for b in batch_sizes:
+                args = (
+                    np.zeros((b, size, size, 3), np.float32),
+                    np.zeros((b, length), np.int32),
+                    np.zeros((b,), np.int32),
+                )
+                jax.block_until_ready(fn(params, *args))  # compile + warm up
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(fn(params, *args))
+                    times.append(time.perf_counter() - t0)
+                key = f"{'cached' if use_cache else 'uncached'}_batch{b}"
+                out[f"{key}_tokens_per_s"] = round(b * new_tokens / statistics.median(times), 1)
+    for b in batch_sizes:
+        out[f"cache_speedup_batch{b}"] = round(
+            out[f"cached_batch{b}_tokens_per_s"] / out[f"uncached_batch{b}_tokens_per_s"], 2
+        )
+    return out
+
+
 def main(argv):
     del argv
     results = benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value)
+    if callable(getattr(objectives.get_objective(_CONFIG.value.objective), "generate", None)):
+        results["decoding"] = decode_benchmark(
+            _CONFIG.value,
+            batch_sizes=tuple(int(b) for b in _DECODE.value),
+            new_tokens=_NEW_TOKENS.value,
+        )
     text = json.dumps(results, indent=1)
     print(text)
     if _JSON.value:
