@@ -38,6 +38,7 @@ from models import generation, layers
 from models import vit as vit_lib
 
 ARCHITECTURES = ("encoder_decoder", "decoder_only")
+ENCODER_KEYS = {"depth", "num_heads", "mlp_dim"}
 
 
 def shift_to_suffix(tokens: jax.Array, prefix_len: jax.Array, pad_id: int) -> jax.Array:
@@ -269,10 +270,17 @@ class PrefixLM(nn.Module):
         if data["vocab_size"] is None and "vocab_size" not in dec:
             raise ValueError("config.model.decoder.vocab_size is needed without a tokenizer")
         dec.setdefault("vocab_size", data["vocab_size"])
-        length = data["max_len"] + 1  # + BOS
+        unknown = sorted(set(cfg.get("encoder") or {}) - ENCODER_KEYS)
+        if unknown:
+            raise ValueError(
+                f"Unknown config key(s) config.model.encoder.{unknown}; "
+                f"valid: {sorted(ENCODER_KEYS)}"
+            )
+        length = data["max_len"] + 1  # BOS + the text, or BOS + up to max_len generated tokens
         if cfg.get("architecture", "encoder_decoder") == "decoder_only":
             patch = vit_lib.ViT(**dict(cfg["image"]), parent=None).config()["patch_size"]
-            length += (data["image_size"] // patch) ** 2  # the image tokens come first
+            # The image tokens come first, and generation continues a prompt of up to max_len.
+            length += (data["image_size"] // patch) ** 2 + data["max_len"]
         dec.setdefault("max_len", length)
         if data["vocab_size"] is not None and dec["vocab_size"] < data["vocab_size"]:
             raise ValueError(

@@ -5,7 +5,8 @@ r"""Export a vlax run to Hugging Face transformers or plain PyTorch.
 
 `--format hf` writes the exact transformers class (CLIPModel or SiglipModel) that
 `from_pretrained(OUT)` loads without vlax; `--format torch` writes the repo's plain PyTorch
-modules (experiments/export/torch_models, `torch_models.load(OUT)`), for any two-tower model.
+modules (experiments/export/torch_models, `torch_models.load(OUT)`) for any two-tower or
+PrefixLM (SimVLM) model.
 Everything is checked before the checkpoint is read; the output appears only when complete.
 """
 

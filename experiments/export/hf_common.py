@@ -158,7 +158,8 @@ def model_card(target: str, meta: Mapping[str, Any], step: int, results: Mapping
     lines = [
         f"# {target} exported from a vlax run",
         "",
-        f"- objective: `{meta['objective']}`, loss `{(meta['model_config'] or {}).get('loss')}`",
+        f"- objective: `{meta['objective']}`"
+        + (f", loss `{meta['model_config']['loss']}`" if "loss" in meta["model_config"] else ""),
         f"- checkpoint step: {step} of {config.get('total_steps')} "
         f"(batch {config.get('batch_size')}, seed {config.get('seed')})",
         f"- data: `{(meta.get('data') or {}).get('name')}`, image size "

@@ -1,8 +1,9 @@
 """The vlax model config as data: field defaults, size variants and their resolution.
 
 Copies of the vlax dataclass defaults (`models.vit.ViT`, `models.text.TextTransformer`,
-`objectives.contrastive.TwoTower`) and of `models.variants`, so this package needs no jax.
-tests/export/test_torch_target.py checks that the copies equal the originals. The modules
+`models.decoder.Decoder`, `objectives.contrastive.TwoTower`, `objectives.prefix_lm.PrefixLM`)
+and of `models.variants`, so this package needs no jax. tests/export/test_torch_target.py and
+tests/export/test_torch_prefix_lm.py check that the copies equal the originals. The modules
 read every field except those that only change training or speed (head_zeroinit, dropout,
 scan, remat, attn_implementation, loss_impl, temperature_init, bias_init) and dtype: they
 compute in fp32 whatever precision the run used.
@@ -83,6 +84,7 @@ IMAGE_POOLS = ("cls", "gap", "map", "none")
 POSEMBS = ("learn", "sincos2d")
 TEXT_POOLS = ("eos", "first", "last", "final", "mean", "map")
 LOSSES = ("softmax", "sigmoid")
+OBJECTIVES = ("contrastive", "prefix_lm")  # what `load` builds (config.json "objective")
 SOFTMAX_MAX_LOG_TEMP = math.log(100.0)  # CLIP's cap on the softmax logit scale
 
 
@@ -130,3 +132,112 @@ def complete_two_tower(model_config: Mapping[str, Any]) -> dict[str, Any]:
         "image": complete(model_config.get("image") or {}, VIT_DEFAULTS),
         "text": complete(model_config.get("text") or {}, TEXT_DEFAULTS),
     }
+
+
+# models/decoder.py `Decoder`.
+DECODER_DEFAULTS: dict[str, Any] = {
+    "variant": None,
+    "vocab_size": 32000,
+    "width": 512,
+    "depth": 8,
+    "mlp_dim": 2048,
+    "num_heads": 8,
+    "num_kv_heads": None,
+    "head_dim": None,
+    "mlp_type": "gelu",
+    "activation": "gelu",
+    "norm_type": "layernorm",
+    "norm_eps": 1e-6,
+    "attn_bias": True,
+    "posemb": "learn",
+    "rope_base": 10_000.0,
+    "max_len": 512,
+    "tie_embeddings": True,
+    "cross_attention": False,
+    "pad_id": None,
+    "dropout": 0.0,
+    "scan": False,
+    "remat": False,
+    "dtype": "float32",
+    "attn_implementation": None,
+}
+MLP_TYPES = ("gelu", "swiglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+DECODER_POSEMBS = ("learn", "rope", "none")
+
+# objectives/prefix_lm.py `PrefixLM` ("image" and "decoder" have no default).
+PREFIX_LM_DEFAULTS: dict[str, Any] = {
+    "encoder": None,
+    "architecture": "encoder_decoder",
+    "bos_id": 2,
+    "eos_id": 3,
+    "pad_id": 0,
+}
+PREFIX_LM_REQUIRED = ("image", "decoder")
+# PrefixLM's bidirectional encoder reads only these keys of its `encoder` dict (others are
+# ignored by vlax, so here too); mlp_dim None = 4 x the decoder width.
+ENCODER_DEFAULTS: dict[str, Any] = {"depth": 2, "num_heads": 4, "mlp_dim": None}
+# ... and keeps these `models.layers.Encoder` defaults.
+ENCODER_FIXED: dict[str, Any] = {
+    "activation": "gelu",
+    "norm_eps": 1e-6,
+    "final_norm": True,
+    "causal": False,
+    "post_norm": False,
+}
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
+
+
+def decoder_sizes(config: Mapping[str, Any]) -> dict[str, int]:
+    """Effective width, depth, mlp_dim, num_heads (after `variant`), num_kv_heads, head_dim
+    of a completed decoder config; raises ValueError as vlax's `Decoder.config` does."""
+    cfg = {k: config[k] for k in ("width", "depth", "mlp_dim", "num_heads")}
+    if config.get("variant") is not None:
+        decoded = decode_variant(config["variant"])
+        if "patch_size" in decoded:
+            raise ValueError(f"Decoder variant {config['variant']!r} cannot name a patch size.")
+        cfg.update(decoded)
+    cfg["num_kv_heads"] = config["num_kv_heads"] or cfg["num_heads"]
+    if cfg["num_heads"] % cfg["num_kv_heads"]:
+        raise ValueError(
+            f"num_kv_heads {cfg['num_kv_heads']} does not divide num_heads {cfg['num_heads']}."
+        )
+    if config["head_dim"] is None and cfg["width"] % cfg["num_heads"]:
+        raise ValueError(f"width {cfg['width']} is not divisible by {cfg['num_heads']} heads.")
+    cfg["head_dim"] = config["head_dim"] or cfg["width"] // cfg["num_heads"]
+    for field, valid in (
+        ("mlp_type", MLP_TYPES),
+        ("norm_type", NORM_TYPES),
+        ("posemb", DECODER_POSEMBS),
+        ("activation", ACTIVATIONS),
+    ):
+        if config[field] not in valid:
+            raise ValueError(f"Unknown {field} {config[field]!r}: use one of {valid}.")
+    return cfg
+
+
+def complete_prefix_lm(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """{"image", "decoder", "encoder", "architecture", ids} with every field explicit.
+
+    As PrefixLM does: the decoder's pad_id defaults to the model's; its cross_attention is
+    the architecture's (never a config field); the encoder (encoder_decoder only) is
+    {"depth", "num_heads", "mlp_dim"} with mlp_dim resolved. Unknown fields raise.
+    """
+    missing = [k for k in PREFIX_LM_REQUIRED if k not in model_config]
+    if missing:
+        raise ValueError(f"A PrefixLM model config needs {missing}.")
+    top = {k: v for k, v in model_config.items() if k not in PREFIX_LM_REQUIRED}
+    top = complete(top, PREFIX_LM_DEFAULTS)
+    dec_in = dict(model_config["decoder"] or {})
+    if "cross_attention" in dec_in:
+        raise ValueError("decoder.cross_attention is set by the architecture, not the config.")
+    dec = complete({"pad_id": top["pad_id"], **dec_in}, DECODER_DEFAULTS)
+    del dec["cross_attention"]
+    out = {**top, "image": complete(model_config["image"] or {}, VIT_DEFAULTS), "decoder": dec}
+    if top["architecture"] == "encoder_decoder":
+        enc = {**ENCODER_DEFAULTS, **dict(top["encoder"] or {})}
+        enc = {k: enc[k] for k in ENCODER_DEFAULTS}
+        if enc["mlp_dim"] is None:
+            enc["mlp_dim"] = 4 * decoder_sizes(dec)["width"]
+        out["encoder"] = enc
+    return out

@@ -1,10 +1,7 @@
-"""PyTorch mirror of objectives/contrastive.py `TwoTower` and the loader of exported runs.
+"""PyTorch mirror of objectives/contrastive.py `TwoTower` and the loader of its exports.
 
-An exported directory (written by experiments/export/torch_target.py) holds:
-  config.json        {"model_config": {...}, "image_size", "mean", "std", "max_len",
-                      "tokenizer": {... "file": "tokenizer.model" when copied}}
-  model.safetensors  the fp32 state dict of `TwoTower`
-  tokenizer.model    the run's sentencepiece model (when the run had one)
+An exported directory (written by experiments/export/torch_target.py, layout in files.py)
+holds config.json, model.safetensors (the fp32 state dict of `TwoTower`) and tokenizer.model.
 
 Inputs, as the run's data pipeline made them:
   images  [B, H, W, 3] float32, channels last (NHWC), H = W = image_size, values
@@ -15,21 +12,26 @@ Inputs, as the run's data pipeline made them:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from . import config as config_lib
 from . import towers
+from .files import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_weights, read_config
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
+__all__ = [
+    "CONFIG_FILE",
+    "TOKENIZER_FILE",
+    "WEIGHTS_FILE",
+    "TwoTower",
+    "l2_normalize",
+    "load",
+    "read_config",
+]
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -77,16 +79,7 @@ class TwoTower(nn.Module):
         return logits if self.logit_bias is None else logits + self.logit_bias
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The exported config.json of `directory`."""
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        return json.load(f)
-
-
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> TwoTower:
-    """The exported model in `directory`, fp32, in eval mode (see the module docstring)."""
+    """The exported two-tower model in `directory`, fp32, in eval mode."""
     cfg = read_config(directory)
-    model = TwoTower(cfg["model_config"], cfg["image_size"])
-    state = load_file(os.path.join(directory, WEIGHTS_FILE), device=str(device))
-    model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=torch.float32).eval()
+    return load_weights(TwoTower(cfg["model_config"], cfg["image_size"]), directory, device)
