@@ -39,6 +39,9 @@ _DECODE = flags.DEFINE_list(
     "decode_batch_sizes", ["1", "8"], "Generative objectives: batch sizes to time decoding at."
 )
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "Generative objectives: new tokens.")
+_DECODE_ONLY = flags.DEFINE_bool(
+    "decode_only", False, "Generative objectives: time decoding only, not the train step."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -121,55 +124,85 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
 
 
 def decode_benchmark(config, *, batch_sizes=(1, 8), new_tokens: int = 32, repeats: int = 3):
-    """Greedy decoding throughput (new tokens/s) with the KV cache and without (the plain
-    reference re-running the decoder per token), for an objective with `generate`.
+    """Greedy decoding throughput with the KV cache and without (the plain reference that
+    re-runs the decoder over the whole sequence per token), for an objective with `generate`.
 
-    EOS is disabled so every run produces exactly `new_tokens` tokens (random weights would
-    otherwise stop at random lengths)."""
+    Per batch size and path: `tokens_per_s` (new tokens per second of a whole `generate`
+    call: encoder, prefill and the decode loop), `prefill_s` (a call making one token) and
+    `step_ms` (the decode loop's cost per further token: the difference of the two over
+    new_tokens - 1). EOS is disabled so every run makes exactly `new_tokens` tokens (random
+    weights would otherwise stop at random lengths)."""
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be >= 2 (prefill + decode steps), got {new_tokens}")
     s = trainer.setup(config, need_data=False)
     model = s.model.clone(eos_id=-1)
     params = s.fresh_state()["params"]
     size, length = s.inputs.image_size, s.inputs.max_len
+
+    def seconds(fn, args):
+        jax.block_until_ready(fn(params, *args))  # compile + warm up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, *args))
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     out = {"new_tokens": new_tokens}
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         for use_cache in (True, False):
-            fn = jax.jit(
-                lambda p, i, t, n, c=use_cache: model.apply(
-                    {"params": p},
-                    i,
-                    t,
-                    n,
-                    method="generate",
-                    max_new_tokens=new_tokens,
-                    decode="greedy",
-                    use_cache=c,
+            fns = {
+                n: jax.jit(
+                    lambda p, i, t, k, n=n, c=use_cache: model.apply(
+                        {"params": p},
+                        i,
+                        t,
+                        k,
+                        method="generate",
+                        max_new_tokens=n,
+                        decode="greedy",
+                        use_cache=c,
+                    )
                 )
-            )
+                for n in (1, new_tokens)
+            }
             for b in batch_sizes:
                 args = (
                     np.zeros((b, size, size, 3), np.float32),
                     np.zeros((b, length), np.int32),
                     np.zeros((b,), np.int32),
                 )
-                jax.block_until_ready(fn(params, *args))  # compile + warm up
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(fn(params, *args))
-                    times.append(time.perf_counter() - t0)
+                whole, prefill = seconds(fns[new_tokens], args), seconds(fns[1], args)
                 key = f"{'cached' if use_cache else 'uncached'}_batch{b}"
-                out[f"{key}_tokens_per_s"] = round(b * new_tokens / statistics.median(times), 1)
+                out[f"{key}_tokens_per_s"] = round(b * new_tokens / whole, 1)
+                out[f"{key}_prefill_s"] = round(prefill, 4)
+                out[f"{key}_step_ms"] = round(1e3 * (whole - prefill) / (new_tokens - 1), 2)
     for b in batch_sizes:
+        cached, uncached = f"cached_batch{b}", f"uncached_batch{b}"
         out[f"cache_speedup_batch{b}"] = round(
-            out[f"cached_batch{b}_tokens_per_s"] / out[f"uncached_batch{b}_tokens_per_s"], 2
+            out[f"{cached}_tokens_per_s"] / out[f"{uncached}_tokens_per_s"], 2
+        )
+        out[f"cache_step_speedup_batch{b}"] = round(
+            out[f"{uncached}_step_ms"] / max(out[f"{cached}_step_ms"], 1e-6), 2
         )
     return out
 
 
 def main(argv):
     del argv
-    results = benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value)
-    if callable(getattr(objectives.get_objective(_CONFIG.value.objective), "generate", None)):
+    generative = callable(
+        getattr(objectives.get_objective(_CONFIG.value.objective), "generate", None)
+    )
+    if _DECODE_ONLY.value and not generative:
+        raise app.UsageError(
+            f"--decode_only: objective {_CONFIG.value.objective!r} does not generate"
+        )
+    results = (
+        {}
+        if _DECODE_ONLY.value
+        else benchmark(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value)
+    )
+    if generative:
         results["decoding"] = decode_benchmark(
             _CONFIG.value,
             batch_sizes=tuple(int(b) for b in _DECODE.value),

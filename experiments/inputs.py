@@ -223,25 +223,26 @@ class Inputs:
         }
 
     def model_fields(self) -> dict[str, Any]:
-        """What a model config takes from the data: vocab_size (None without a tokenizer:
-        shapes-only use such as the benchmark, where configs give it), the special ids,
-        max_len, image_size and the tokenizer's path (for messages)."""
+        """What a model config takes from the data: vocab_size, the special ids, max_len,
+        image_size and the tokenizer's path (for messages).
+
+        Shapes-only use (the benchmark: no data is read, no tokenizer trained) gets the
+        configured tokenizer size `data.tokenizer.vocab_size`, the size training would ask
+        sentencepiece for; None when the config names a tokenizer file (its size is the
+        file's, so the model config must state it)."""
         if self.train_source is None:
-            tok, ids = (
-                None,
-                dict(
-                    pad_id=tokenizer_lib.PAD_ID,
-                    eos_id=tokenizer_lib.EOS_ID,
-                    bos_id=tokenizer_lib.BOS_ID,
-                ),
-            )
+            tok_cfg = self.config.get("tokenizer") or {}
+            vocab_size = None if tok_cfg.get("model") else int(tok_cfg.get("vocab_size", 1000))
+            ids = (tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.BOS_ID)
+            path = None
         else:
             tok = self.tokenizer
-            ids = dict(pad_id=tok.pad_id, eos_id=tok.eos_id, bos_id=tok.bos_id)
+            vocab_size, path = tok.vocab_size, tok.model_path
+            ids = (tok.pad_id, tok.eos_id, tok.bos_id)
         return {
-            **ids,
-            "vocab_size": tok.vocab_size if tok else None,
-            "tokenizer_path": tok.model_path if tok else None,
+            **dict(zip(("pad_id", "eos_id", "bos_id"), ids, strict=True)),
+            "vocab_size": vocab_size,
+            "tokenizer_path": path,
             "max_len": self.max_len,
             "image_size": self.image_size,
         }

@@ -171,22 +171,46 @@ def rotary_embedding(x: Array, positions: Array, base: float = 10_000.0) -> Arra
 
 
 def grouped_attention(
-    q: Array, k: Array, v: Array, mask: Array | None = None, implementation: str | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    implementation: str | None = None,
+    kv_heads_major: bool = False,
 ) -> Array:
     """`attention` with fewer key/value heads than query heads (grouped-query attention).
 
-    q: [B, T, H, hd]; k, v: [B, S, Hkv, hd] with Hkv dividing H: query head h reads key/value
-    head h // (H / Hkv), the grouping of `jax.nn.dot_product_attention` and HF `repeat_kv`.
+    q: [B, T, H, hd]; k, v: [B, S, Hkv, hd] (or [B, Hkv, S, hd] with `kv_heads_major`, the KV
+    cache's layout) with Hkv dividing H: query head h reads key/value head h // (H / Hkv), the
+    grouping of `jax.nn.dot_product_attention` and HF `repeat_kv`.
     mask: bool broadcastable to [B, H, T, S]. Returns [B, T, H, hd].
     """
-    heads, kv_heads = q.shape[2], k.shape[2]
+    heads, kv_heads = q.shape[2], k.shape[1 if kv_heads_major else 2]
     if heads % kv_heads:
         raise ValueError(f"{kv_heads} key/value heads do not divide {heads} query heads.")
     impl = default_attn_implementation() if implementation is None else implementation
     if impl == "einsum" and heads != kv_heads:
         # The einsum kernel pairs heads one to one; jax's kernels take the groups natively.
-        k, v = (jnp.repeat(a, heads // kv_heads, axis=2) for a in (k, v))
-    return attention(q, k, v, mask=mask, implementation=impl)
+        k, v = (jnp.repeat(a, heads // kv_heads, axis=1 if kv_heads_major else 2) for a in (k, v))
+    if not kv_heads_major:
+        return attention(q, k, v, mask=mask, implementation=impl)
+    if impl != "einsum":
+        k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))
+        return attention(q, k, v, mask=mask, implementation=impl)
+    # Keys/values are already head-major: only the (short) queries move, so a decoding step
+    # reads the cache in place instead of transposing all of it in every layer.
+    return einsum_attention_heads_major(q, k, v, mask)
+
+
+def einsum_attention_heads_major(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """`einsum_attention` on head-major keys/values: q [B, T, H, hd]; k, v [B, H, S, hd]."""
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    logits = jnp.einsum("bhtd,bhsd->bhts", q.transpose(0, 2, 1, 3), k)
+    logits = (logits * jnp.asarray(scale, q.dtype)).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bhsd->bhtd", weights, v).transpose(0, 2, 1, 3)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -226,13 +250,16 @@ class GroupedQueryAttention(nn.Module):
           inputs_kv: [B, S, Dkv] to project keys/values from (cross-attention); None = x.
           mask: bool broadcastable to [B, H, T, S'], S' the number of keys attended.
           positions: [B, T] int positions of x's tokens (needed with `rope_base`).
-          cache: one layer's (k, v) [B, S', Hkv, hd]: the new keys/values are written at
-            slot `index` (int scalar) and the queries attend over the whole cache.
-          kv: precomputed (k, v) [B, S', Hkv, hd] to attend to (cached cross-attention).
+          cache: one layer's (k, v) [B, Hkv, S', hd] (head-major, so decoding reads it in
+            place): the new keys/values are written at slot `index` (int scalar) and the
+            queries attend over the whole cache.
+          kv: precomputed head-major (k, v) [B, Hkv, S', hd] to attend to (cached
+            cross-attention).
 
         Returns:
-          (out [B, T, D], (k, v)): the keys/values this call projected, [B, T or S, Hkv,
-          hd], for the caller to cache (`kv` itself when given).
+          (out [B, T, D], (k, v)): the keys/values this call projected, [B, T or S, Hkv, hd]
+          ([B, Hkv, T or S, hd] with `cache` or `kv`: the cache's layout; `kv` itself when
+          given).
         """
         width = x.shape[-1]
         kv_heads = self.num_kv_heads or self.num_heads
@@ -271,13 +298,18 @@ class GroupedQueryAttention(nn.Module):
         if rope:
             q = rotary_embedding(q, positions, self.rope_base)
             k = rotary_embedding(k, positions, self.rope_base)
+        heads_major = cache is not None or kv is not None
+        if cache is not None:
+            k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))
         new_kv = (k, v)
         if cache is not None:
             k, v = (
-                jax.lax.dynamic_update_slice_in_dim(c, a.astype(c.dtype), index, axis=1)
+                jax.lax.dynamic_update_slice_in_dim(c, a.astype(c.dtype), index, axis=2)
                 for c, a in zip(cache, new_kv, strict=True)
             )
-        y = grouped_attention(q, k, v, mask=mask, implementation=self.implementation)
+        y = grouped_attention(
+            q, k, v, mask=mask, implementation=self.implementation, kv_heads_major=heads_major
+        )
         y = constrain(y, ("batch", "length", "heads", "kv"))
         out = nn.DenseGeneral(
             width,

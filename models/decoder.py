@@ -17,8 +17,9 @@ each with "ln_1", "attn" (query/key/value/out), "ln_cross" + "cross_attn" (cross
 KV cache (`Decoder.init_cache`), a dict of arrays with the batch leading wherever there is one:
     "index":  int32 []              the next slot to write (shared by the batch)
     "valid":  bool [B, S]           slots holding a real key (False: unwritten or padding)
-    "k", "v": [B, depth, S, Hkv, hd] self-attention keys (rotated with rope) and values
-    "cross_k", "cross_v": [B, depth, M, Hkv, hd], "memory_valid": bool [B, M]
+    "k", "v": [B, depth, Hkv, S, hd] self-attention keys (rotated with rope) and values,
+                                    head-major so a decoding step reads them in place
+    "cross_k", "cross_v": [B, depth, Hkv, M, hd], "memory_valid": bool [B, M]
                                     (cross_attention only) written once, from `memory`
 A call with a cache writes its T tokens at slots index .. index+T-1 and attends over all valid
 slots up to its own; token positions (posemb, rope) are per example, so right-padded prompts of
@@ -114,7 +115,7 @@ class Decoder(nn.Module):
         Callable on the unbound module: `Decoder(...).init_cache(B, S)`.
         """
         cfg = self.config()
-        kv_shape = (batch_size, cfg["depth"], max_len, cfg["num_kv_heads"], cfg["head_dim"])
+        kv_shape = (batch_size, cfg["depth"], cfg["num_kv_heads"], max_len, cfg["head_dim"])
         cache = {
             "index": jnp.zeros((), jnp.int32),
             "valid": jnp.zeros((batch_size, max_len), bool),
@@ -124,7 +125,7 @@ class Decoder(nn.Module):
         if self.cross_attention:
             if memory_len is None:
                 raise ValueError("A cross-attention decoder's cache needs memory_len.")
-            cross_shape = (*kv_shape[:2], memory_len, *kv_shape[3:])
+            cross_shape = (*kv_shape[:3], memory_len, kv_shape[4])
             cache["cross_k"] = jnp.zeros(cross_shape, self.dtype)
             cache["cross_v"] = jnp.zeros(cross_shape, self.dtype)
             cache["memory_valid"] = jnp.zeros((batch_size, memory_len), bool)
@@ -327,7 +328,7 @@ class Decoder(nn.Module):
         out = dict(cache, index=index + length, valid=key_valid)
         for name in ("k", "v"):
             rows = new[name].astype(cache[name].dtype)
-            out[name] = jax.lax.dynamic_update_slice_in_dim(cache[name], rows, index, axis=2)
+            out[name] = jax.lax.dynamic_update_slice_in_dim(cache[name], rows, index, axis=3)
         if "cross_k" in new:
             for name in ("cross_k", "cross_v"):
                 if new[name].shape != cache[name].shape:
@@ -339,7 +340,7 @@ class Decoder(nn.Module):
             out["memory_valid"] = memory_valid
         for name in ("k", "v", "cross_k", "cross_v"):
             if name in out:
-                out[name] = layers.constrain(out[name], ("batch", None, "length", "heads", "kv"))
+                out[name] = layers.constrain(out[name], ("batch", None, "heads", "length", "kv"))
         return out
 
 

@@ -31,9 +31,9 @@ def decoder_mask(
 class DecoderBlock(nn.Module):
     """Pre-norm block: x + SelfAttn(norm(x)) [+ CrossAttn(norm(x), memory)] + MLP(norm(x)).
 
-    [B, T, D] -> ([B, T, D], new): `new` holds the keys/values to cache ("k", "v" [B, T, Hkv,
-    hd]; "cross_k", "cross_v" [B, M, Hkv, hd] when projected from memory), empty without a
-    cache. The only non-array call argument is `deterministic` (static for remat).
+    [B, T, D] -> ([B, T, D], new): `new` holds the keys/values to cache, head-major ("k", "v"
+    [B, Hkv, T, hd]; "cross_k", "cross_v" [B, Hkv, M, hd] when projected from memory), empty
+    without a cache. The only non-array call argument is `deterministic` (static for remat).
     """
 
     num_heads: int
@@ -57,7 +57,7 @@ class DecoderBlock(nn.Module):
     ) -> tuple[Array, dict[str, Array]]:
         """ctx: "positions" [B, T], "mask" [B, 1, T, S], "memory" [B, M, Dm] | None,
         "memory_mask" [B, 1, 1, M] | None, "index" int scalar; layer_cache: this layer's
-        "k", "v" [B, S, Hkv, hd] (and "cross_k", "cross_v") or None."""
+        "k", "v" [B, Hkv, S, hd] (and "cross_k", "cross_v") or None."""
         names = ("batch", "length", "embed")
         attn = lambda name, rope_base: attention.GroupedQueryAttention(  # noqa: E731
             self.num_heads,
@@ -88,8 +88,8 @@ class DecoderBlock(nn.Module):
             h = self._norm("ln_cross")(x)
             if ctx["memory"] is not None:
                 y, (k, v) = attn("cross_attn", None)(h, ctx["memory"], mask=ctx["memory_mask"])
-                if layer_cache is not None:
-                    new.update(cross_k=k, cross_v=v)
+                if layer_cache is not None:  # the cache is head-major
+                    new.update(cross_k=k.transpose(0, 2, 1, 3), cross_v=v.transpose(0, 2, 1, 3))
             else:  # decoding steps: the memory's keys/values were cached at prefill
                 kv = (layer_cache["cross_k"], layer_cache["cross_v"])
                 y, _ = attn("cross_attn", None)(h, mask=ctx["memory_mask"], kv=kv)

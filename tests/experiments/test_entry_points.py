@@ -94,3 +94,51 @@ def test_benchmark_cli_reports_figures(tmp_path):
     ):
         assert figures[key] > 0, key
     assert figures["batch_size"] == 16 and figures["devices"] == 2
+
+
+@pytest.mark.slow
+def test_benchmark_times_decoding_with_and_without_the_cache(tmp_path):
+    path = tmp_path / "decode.json"
+    _run(
+        [
+            "experiments.benchmark",
+            "--config",
+            "experiments/configs/simvlm/base.py:runlocal",
+            "--decode_only",
+            "--new_tokens=4",
+            "--decode_batch_sizes=1,2",
+            f"--json={path}",
+        ],
+        tmp_path,
+    )
+    figures = json.loads(path.read_text())
+    assert set(figures) == {"decoding"}  # --decode_only: no train step
+    decoding = figures["decoding"]
+    assert decoding["new_tokens"] == 4
+    for path_ in ("cached", "uncached"):
+        for b in (1, 2):
+            assert decoding[f"{path_}_batch{b}_tokens_per_s"] > 0
+            assert decoding[f"{path_}_batch{b}_prefill_s"] > 0
+    for b in (1, 2):
+        assert decoding[f"cache_speedup_batch{b}"] > 0
+
+
+def test_benchmark_decode_only_needs_a_generative_objective(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.benchmark",
+            "--config",
+            "experiments/configs/clip/tiny.py",
+            "--decode_only",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--decode_only: objective 'contrastive' does not generate" in proc.stderr

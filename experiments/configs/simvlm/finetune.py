@@ -7,7 +7,9 @@ r"""Fine-tune a pretrained SimVLM checkpoint for VQA or captioning (config.init)
 `init` is the workdir of a simvlm/tiny run (its whole model is loaded, and its tokenizer
 reused: the weights read its token ids). `data`: "easy_vqa" (the real easy-vqa set, 64 px
 shapes, 13 answers), "vlax_shapes_vqa" (VQA) or "vlax_shapes" (captioning).
-Measured: see the README's status table (command, time and result vs the majority answer).
+Measured (the command above from the simvlm/tiny run, 2026-12-02, 600 steps, 3 min 57 s):
+on 1000 of easy-vqa's test questions, exact-match accuracy 77.7% (majority answer 37.0%; a
+question-only prior, the best answer per question, 67.0%).
 """
 
 from experiments import config_utils

@@ -10,7 +10,10 @@ task: question as prefix, answer as target). Evaluations on held-out data: capti
 and BLEU-4 of greedy captions from the image alone, against the best constant caption) and
 VQA (exact-match accuracy of greedy answers, against the majority answer).
 Variants: `:arch=decoder_only`, `:steps=...`, `:runlocal` (a few steps, tiny evals).
-Measured: see the README's status table (command, time and result).
+Measured (the command above, 2026-12-02, this 2-core CPU, 11 min): on 500 held-out scenes,
+captioning CIDEr-D 4.45 (the best constant caption: 0.85), BLEU-4 0.406 (0.080); VQA
+exact-match 69.4% (majority answer 13.8%; a question-only prior, the best answer per question
+type, 41.9%).
 """
 
 from experiments import config_utils
