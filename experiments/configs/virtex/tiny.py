@@ -5,7 +5,9 @@ r"""Tiny VirTex: captioning pretraining, i.e. the PrefixLM objective with an emp
 
 Same model and data as simvlm/tiny, but every caption is a target from its first token
 (`task_args.split=0`: no text prefix) and there is no VQA in the mix. Evaluated by captioning
-(CIDEr-D, BLEU-4) on held-out scenes. Measured: see the README's status table.
+(CIDEr-D, BLEU-4) on held-out scenes. Measured (the command above, 2026-12-02, this 2-core
+CPU, 5 min 31 s): on 500 held-out scenes CIDEr-D 4.79 (the best constant caption: 0.85), BLEU-4
+0.484 (0.080).
 """
 
 from experiments import config_utils
