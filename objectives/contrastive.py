@@ -40,7 +40,8 @@ class TwoTower(nn.Module):
       text: keyword arguments of `models.text.TextTransformer`.
       loss: "softmax" (CLIP InfoNCE) or "sigmoid" (SigLIP).
       loss_impl: "sharded" (all-gather softmax / ring sigmoid over the batch mesh axes;
-        exact global negatives) or "dense" (the plain reference).
+        exact global negatives), "ring" (both losses on the ring: per-device loss memory
+        grows with the local batch only), "gathered" (softmax) or "dense" (the reference).
       temperature_init: initial exp(log_temp); defaults to 1/0.07 (softmax) or 10 (sigmoid).
       bias_init: initial SigLIP logit bias.
     """

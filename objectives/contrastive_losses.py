@@ -9,6 +9,8 @@ per-device logits grow with the local batch `b = B / n`, not with `B * B`:
 
 - `softmax_loss_gathered`: all-gather both embeddings, each device scores its own `b` rows
   against all `B` columns in both directions (`[b, B]` logits), psum.
+- `softmax_ring.softmax_loss_ring` (impl "ring"): the same ring for the softmax loss, with
+  online log-sum-exps, so its memory too grows with `b` only.
 - `sigmoid_loss_ring`: keep the local images, pass text chunks `[b, D]` around the ring of
   batch devices with `ppermute` (`[b, b]` logits per step). A custom VJP runs a second ring pass
   in the backward, so autodiff never stacks the visited chunks: no device ever holds `[B, D]`
@@ -37,6 +39,7 @@ SIGMOID_INIT_LOG_TEMP = math.log(10.0)
 SIGMOID_INIT_BIAS = -10.0
 
 DEFAULT_BATCH_AXES = ("data", "fsdp")
+IMPLS = ("dense", "sharded", "ring", "gathered")
 
 Metrics = dict[str, jax.Array]
 
@@ -301,23 +304,33 @@ def contrastive_loss(
     mesh=None,
     batch_axes: Sequence[str] = DEFAULT_BATCH_AXES,
 ) -> tuple[jax.Array, Metrics]:
-    """Dispatch by name: kind in {"softmax", "sigmoid"}, impl in {"dense", "sharded"}.
+    """Dispatch by name: kind in {"softmax", "sigmoid"}, impl in IMPLS.
 
-    `bias` is required for "sigmoid" and rejected for "softmax" (a misconfigured objective should
-    fail loudly rather than silently ignore a parameter). Shapes as in the functions above.
+    impl: "dense" (the reference), "sharded" (each loss's default fast path: all-gather softmax,
+    ring sigmoid), "ring" (both on the ring: per-device memory O(b^2), b the local batch) or
+    "gathered" (softmax only). `bias` is required for "sigmoid" and rejected for "softmax" (a
+    misconfigured objective should fail loudly rather than silently ignore a parameter). Shapes
+    as in the functions above.
     """
     if kind not in ("softmax", "sigmoid"):
         raise ValueError(f"unknown contrastive loss kind {kind!r}; expected 'softmax' or 'sigmoid'")
-    if impl not in ("dense", "sharded"):
-        raise ValueError(f"unknown contrastive loss impl {impl!r}; expected 'dense' or 'sharded'")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown contrastive loss impl {impl!r}; expected one of {IMPLS}")
+    sharded = dict(mesh=mesh, batch_axes=batch_axes)
     if kind == "softmax":
         if bias is not None:
             raise ValueError("the softmax contrastive loss takes no bias; pass bias=None")
         if impl == "dense":
             return softmax_loss_dense(zimg, ztxt, log_temp)
-        return softmax_loss_gathered(zimg, ztxt, log_temp, mesh=mesh, batch_axes=batch_axes)
+        if impl == "ring":
+            from objectives import softmax_ring  # imports this module: a top-level import cycles
+
+            return softmax_ring.softmax_loss_ring(zimg, ztxt, log_temp, **sharded)
+        return softmax_loss_gathered(zimg, ztxt, log_temp, **sharded)
     if bias is None:
         raise ValueError("the sigmoid contrastive loss needs a bias (SigLIP init: -10)")
+    if impl == "gathered":
+        raise ValueError("impl 'gathered' is softmax-only; the sigmoid loss uses 'ring'/'sharded'")
     if impl == "dense":
         return sigmoid_loss_dense(zimg, ztxt, log_temp, bias)
-    return sigmoid_loss_ring(zimg, ztxt, log_temp, bias, mesh=mesh, batch_axes=batch_axes)
+    return sigmoid_loss_ring(zimg, ztxt, log_temp, bias, **sharded)

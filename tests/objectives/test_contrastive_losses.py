@@ -13,6 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from objectives import contrastive_losses as cl
+from objectives import softmax_ring
 
 B, D = 16, 8
 TOL = 1e-5
@@ -86,35 +87,38 @@ def test_fixture_is_informative():
         assert all(float(jnp.max(jnp.abs(g))) > 1e-3 for g in grads)
 
 
-@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+FAST_PATHS = [("softmax", "sharded"), ("softmax", "ring"), ("sigmoid", "sharded")]
+
+
+@pytest.mark.parametrize("kind, impl", FAST_PATHS)
 @pytest.mark.parametrize("mesh_name", list(MESHES))
-def test_sharded_matches_dense_under_jit(kind, mesh_name):
+def test_sharded_matches_dense_under_jit(kind, impl, mesh_name):
     """Mesh from context, inputs sharded over the batch axes (and D over "tensor" if present)."""
     mesh = make_mesh(*MESHES[mesh_name])
     batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
     dim_axis = "tensor" if "tensor" in mesh.axis_names else None
     emb_sharding = NamedSharding(mesh, P(batch_axes, dim_axis))
-    fn, params = value_and_grads(kind, "sharded", *loss_args(kind))
+    fn, params = value_and_grads(kind, impl, *loss_args(kind))
     with jax.set_mesh(mesh):
         params = tuple(jax.device_put(p, emb_sharding) for p in params[:2]) + params[2:]
         got = jax.jit(fn)(*params)
     assert_matches(got, dense_reference(kind))
 
 
-@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_sharded_with_explicit_mesh(kind):
+@pytest.mark.parametrize("kind, impl", FAST_PATHS)
+def test_sharded_with_explicit_mesh(kind, impl):
     """No context mesh: the mesh argument alone drives the shard_map."""
     mesh = make_mesh(*MESHES["data2_fsdp4"])
-    fn, params = value_and_grads(kind, "sharded", *loss_args(kind), mesh=mesh)
+    fn, params = value_and_grads(kind, impl, *loss_args(kind), mesh=mesh)
     assert_matches(jax.jit(fn)(*params), dense_reference(kind))
 
 
-@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-def test_sharded_honours_custom_batch_axes(kind):
+@pytest.mark.parametrize("kind, impl", FAST_PATHS)
+def test_sharded_honours_custom_batch_axes(kind, impl):
     """Only the named batch axes form the ring; here "tensor" stands in as a batch axis."""
     mesh = make_mesh(*MESHES["data2_fsdp2_tensor2"])
     fn, params = value_and_grads(
-        kind, "sharded", *loss_args(kind), mesh=mesh, batch_axes=("tensor", "fsdp")
+        kind, impl, *loss_args(kind), mesh=mesh, batch_axes=("tensor", "fsdp")
     )
     assert_matches(jax.jit(fn)(*params), dense_reference(kind))
 
@@ -140,7 +144,7 @@ def test_falls_back_to_dense_only_without_batch_devices(kind, mesh_spec):
         np.testing.assert_array_equal(got[1][name], want[1][name])
 
 
-@pytest.mark.parametrize("impl", ["dense", "sharded"])
+@pytest.mark.parametrize("impl", ["dense", "sharded", "ring"])
 def test_softmax_known_values(impl):
     mesh = make_mesh(*MESHES["data2_fsdp4"])
     loss = jax.jit(
@@ -174,7 +178,7 @@ def test_sigmoid_known_values(impl):
     assert float(metrics["bias"]) == -5.0
 
 
-@pytest.mark.parametrize("impl", ["dense", "sharded"])
+@pytest.mark.parametrize("impl", ["dense", "sharded", "ring"])
 def test_softmax_temperature_is_clamped_at_100(impl):
     mesh = make_mesh(*MESHES["fsdp8"])
     zimg, ztxt = embeddings()
@@ -203,8 +207,10 @@ def test_errors_are_clear():
     zimg, ztxt, log_temp, bias = loss_args("sigmoid")
     with pytest.raises(ValueError, match="unknown contrastive loss kind 'cosine'"):
         cl.contrastive_loss("cosine", zimg, ztxt, log_temp)
-    with pytest.raises(ValueError, match="unknown contrastive loss impl 'ring'"):
-        cl.contrastive_loss("sigmoid", zimg, ztxt, log_temp, bias, impl="ring")
+    with pytest.raises(ValueError, match="unknown contrastive loss impl 'chunked'"):
+        cl.contrastive_loss("sigmoid", zimg, ztxt, log_temp, bias, impl="chunked")
+    with pytest.raises(ValueError, match="impl 'gathered' is softmax-only"):
+        cl.contrastive_loss("sigmoid", zimg, ztxt, log_temp, bias, impl="gathered")
     with pytest.raises(ValueError, match="sigmoid contrastive loss needs a bias"):
         cl.contrastive_loss("sigmoid", zimg, ztxt, log_temp)
     with pytest.raises(ValueError, match="softmax contrastive loss takes no bias"):
@@ -241,5 +247,9 @@ def test_ring_never_holds_the_global_batch():
 
     ring = compiled_sizes(cl.sigmoid_loss_ring)
     assert max(ring.values()) <= b * b, ring
+    softmax_ring_sizes = compiled_sizes(
+        lambda zi, zt, lt, _: softmax_ring.softmax_loss_ring(zi, zt, lt)
+    )
+    assert max(softmax_ring_sizes.values()) <= b * b, softmax_ring_sizes
     gathered = compiled_sizes(lambda zi, zt, lt, _: cl.softmax_loss_gathered(zi, zt, lt))
     assert f"{batch},{dim}" in gathered
