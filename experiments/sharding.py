@@ -244,6 +244,30 @@ def format_report(dropped: Sequence[DroppedAxes], mesh: Mesh, limit: int = 20) -
     return "\n".join(lines)
 
 
+def _check_query_heads(dropped: Sequence[DroppedAxes], mesh: Mesh) -> None:
+    """Tensor parallelism splits attention by query heads: an axis that cannot split them
+    would leave whole attention layers replicated, so it is an error, not a warning (key /
+    value heads fewer than the axis, as in multi-query attention, may stay replicated)."""
+    bad = []
+    for d in dropped:
+        if not d.path.endswith("query/kernel") or "heads" not in tuple(d.logical):
+            continue
+        i = tuple(d.logical).index("heads")
+        lost = set(_names(_padded(d.wanted, len(d.shape))[i])) - set(
+            _names(_padded(d.kept, len(d.shape))[i])
+        )
+        if lost:
+            sizes = {a: mesh.shape[a] for a in sorted(lost)}
+            bad.append(f"  {d.path}: {d.shape[i]} heads, mesh axes {sizes}")
+    if bad:
+        raise ShardingError(
+            "The mesh cannot split these attention layers' query heads (config.sharding_rules "
+            "map 'heads' to the axes named):\n" + "\n".join(bad) + "\nUse a tensor-parallel "
+            "size that divides every num_heads (config.mesh), or map 'heads' to None in "
+            "config.sharding_rules to replicate attention."
+        )
+
+
 def logical_shardings(
     abstract_variables, mesh: Mesh, rules, *, strict: bool = False, report: bool = True
 ) -> Any:
@@ -258,6 +282,7 @@ def logical_shardings(
       ShardingError: `strict` and some parameter lost a mesh axis.
     """
     specs, dropped = _fitted_specs(abstract_variables, mesh, rules)
+    _check_query_heads(dropped, mesh)
     if dropped and strict:
         raise ShardingError(
             f"{format_report(dropped, mesh)}\nChange config.mesh so each axis size divides "

@@ -173,6 +173,33 @@ def test_divisible_layout_is_silent_even_under_strict(caplog):
     assert sharding.unsharded_report(_tower_variables(), mesh, sharding.DEFAULT_RULES) == []
 
 
+def _attention(query_heads, kv_heads):
+    attn = {
+        "query": {"kernel": _boxed((32, query_heads, 8), ("embed", "heads", "kv"))},
+        "key": {"kernel": _boxed((32, kv_heads, 8), ("embed", "heads", "kv"))},
+        "out": {"kernel": _boxed((query_heads, 8, 32), ("heads", "kv", "embed"))},
+    }
+    return {"dec": {"block_0": {"attn": attn}}}
+
+
+def test_tensor_size_that_cannot_split_query_heads_is_an_error():
+    mesh = sharding.make_mesh((("fsdp", 2), ("tensor", 4)))
+    with pytest.raises(
+        sharding.ShardingError,
+        match=r"(?s)query heads.*dec/block_0/attn/query/kernel: 6 heads, mesh axes "
+        r"\{'tensor': 4\}.*divides every num_heads",
+    ):
+        sharding.logical_shardings(_attention(6, 6), mesh, sharding.DEFAULT_RULES)
+    # Fewer key/value heads than the axis (multi-query attention) may stay replicated.
+    shardings = sharding.logical_shardings(_attention(8, 1), mesh, sharding.DEFAULT_RULES)
+    attn = shardings["dec"]["block_0"]["attn"]
+    assert attn["query"]["kernel"].spec == P("fsdp", "tensor", None)
+    assert attn["key"]["kernel"].spec == P("fsdp", None, None)
+    # Heads mapped to no mesh axis: attention is replicated on purpose, no error.
+    rules = tuple((k, None if k == "heads" else v) for k, v in sharding.DEFAULT_RULES)
+    sharding.logical_shardings(_attention(6, 6), mesh, rules)
+
+
 REMAT_WARNING = "Involuntary full rematerialization"
 _COMPILE_STEP = """
 import sys
