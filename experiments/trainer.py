@@ -312,8 +312,11 @@ def train(
 
     try:
         with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+            data_wait = 0.0  # seconds blocked on the input pipeline since the last log
             for step in range(start + 1, total + 1):
+                t_data = time.perf_counter()
                 local = next(train_iter)
+                data_wait += time.perf_counter() - t_data
                 if on_batch is not None:
                     on_batch(step, local)
                 # "index" is host-side bookkeeping (data order); the model never sees it.
@@ -340,8 +343,13 @@ def train(
                                 s.flops_per_step, dt, config.batch_size, jax.device_count(), peak
                             )
                         )
+                        # Steps are dispatched asynchronously, so waiting for the next batch
+                        # overlaps device work: a wait near the step time means the input
+                        # pipeline, not the model, sets the pace.
+                        wait = data_wait / (step - step_at_log)
+                        host.update(data_wait_s=wait, data_wait_fraction=min(wait / dt, 1.0))
                     writer.write_scalars(step, host)
-                    t_log, step_at_log = now, step
+                    t_log, step_at_log, data_wait = now, step, 0.0
                 if save_due:
                     ckpt.save(
                         step, state, inputs.iterator_state_to_json(train_iter.get_state()), s.meta

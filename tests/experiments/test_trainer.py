@@ -164,3 +164,52 @@ def test_trains_on_a_users_csv_skipping_a_corrupt_image(make_config, tmp_path):
     config.total_steps = config.optim.total_steps = 3  # 48 rows: every train row is read
     with pytest.raises(ValueError, match="broken.png"):
         trainer.train(config, str(tmp_path / "strict"))
+
+
+def test_logs_the_time_spent_waiting_for_data(make_config, tmp_path, monkeypatch):
+    """A pipeline slower than the step shows up as data wait, per step and as a fraction."""
+    import time
+
+    from clu import metric_writers
+
+    from experiments import inputs
+
+    delay = 0.2
+    make_iterator = inputs.Inputs.train_iterator
+
+    def slow_iterator(self):
+        it = make_iterator(self)
+
+        class Slow:
+            def __next__(self):
+                time.sleep(delay)
+                return next(it)
+
+            def __getattr__(self, name):  # get_state / set_state
+                return getattr(it, name)
+
+        return Slow()
+
+    logged = []
+    create = metric_writers.create_default_writer
+
+    def recording_writer(*args, **kwargs):
+        writer = create(*args, **kwargs)
+        write = writer.write_scalars
+        writer.write_scalars = lambda step, scalars: (
+            logged.append((step, scalars)),
+            write(step, scalars),
+        )[1]
+        return writer
+
+    monkeypatch.setattr(inputs.Inputs, "train_iterator", slow_iterator)
+    monkeypatch.setattr(metric_writers, "create_default_writer", recording_writer)
+    config = make_config(steps=5)
+    config.log_every_steps = 2
+    trainer.train(config, str(tmp_path))
+    waits = [(step, m) for step, m in logged if "data_wait_s" in m]
+    assert [step for step, _ in waits] == [2, 4, 5]  # every log after the first step's
+    for _, m in waits:
+        assert delay <= m["data_wait_s"] < delay + 1.0, m
+        assert 0.0 < m["data_wait_fraction"] <= 1.0
+        assert m["data_wait_s"] <= m["step_time_s"] + 1e-6, m
