@@ -32,6 +32,7 @@ from etils import epath
 
 import objectives
 from experiments import (
+    accumulation,
     checkpointing,
     config_utils,
     eval_runner,
@@ -62,6 +63,7 @@ CONFIG_SCHEMA = {
     "data": None,  # validated by experiments.inputs
     "evals": None,  # validated by each evaluator
     "peak_flops_per_device": None,
+    "microbatches": None,  # gradient accumulation (experiments/accumulation.py); default 1
 }
 
 
@@ -114,8 +116,11 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
-    """(state, batch) -> (state, metrics); pure, for jax.jit with donation."""
+def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int, microbatches: int = 1):
+    """(state, batch) -> (state, metrics); pure, for jax.jit with donation.
+
+    microbatches > 1: the gradient of the whole batch, accumulated exactly over that many
+    micro-batches (`experiments.accumulation`)."""
     base_rng = jax.random.key(seed)
 
     def train_step(state, batch):
@@ -124,7 +129,12 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int):
         def loss_fn(params):
             return model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        if microbatches > 1:
+            (loss, metrics), grads = accumulation.loss_and_grads(
+                model, state["params"], batch, microbatches, rng
+            )
+        else:
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = {
@@ -174,6 +184,13 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
     model_config = inputs.complete_model_config(objective_cls, config.model, data)
     model = objective_cls(**model_config)
     eval_runner.check_methods(model, evaluators)
+    microbatches = config.get("microbatches", 1)
+    try:
+        accumulation.check(
+            model, microbatches, config.batch_size, sharding.data_parallel_size(mesh)
+        )
+    except ValueError as e:
+        raise config_utils.ConfigError(str(e)) from None
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         dummy = data.dummy_batch(config.batch_size)
@@ -198,7 +215,7 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
             model, dummy, boxed, params, tx, mesh, rules, init_config=init if load_init else None
         )
         step_fn = jax.jit(
-            make_train_step(model, tx, schedule, freeze, config.seed),
+            make_train_step(model, tx, schedule, freeze, config.seed, microbatches),
             in_shardings=(states.shardings, sharding.batch_sharding(mesh)),
             out_shardings=(states.shardings, sharding.replicated(mesh)),
             donate_argnums=(0,),

@@ -78,8 +78,19 @@ class TwoTower(nn.Module):
 
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False):
         """batch: {"image": [B, H, W, 3], "tokens": [B, L]} -> (loss, metrics)."""
-        zimg = self.embed_image(batch["image"], train=train)
-        ztxt = self.embed_text(batch["tokens"], train=train)
+        return self.loss_from_features(self.features(batch, train=train))
+
+    def features(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict:
+        """The towers' part of the loss: {"zimg", "ztxt"} [B, D]. With `loss_from_features`,
+        the split that exact gradient accumulation needs (experiments/accumulation.py)."""
+        return {
+            "zimg": self.embed_image(batch["image"], train=train),
+            "ztxt": self.embed_text(batch["tokens"], train=train),
+        }
+
+    def loss_from_features(self, features: Mapping[str, jax.Array]):
+        """The contrastive loss of the whole batch's embeddings -> (loss, metrics)."""
+        zimg, ztxt = features["zimg"], features["ztxt"]
         if zimg.shape[-1] != ztxt.shape[-1]:
             raise ValueError(
                 f"Image embeddings have width {zimg.shape[-1]} but text embeddings "

@@ -2,12 +2,15 @@
 
 import re
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from experiments import checkpointing, inputs, sharding, trainer
+from experiments import checkpointing, sharding, trainer
+
+from .trainer_steps import key_path as _path
+from .trainer_steps import run_steps as _run_steps
+from .trainer_steps import train_batches as _batches
 
 # The attention key bias adds a per-query constant to the logits, which softmax ignores: its
 # true gradient is zero, so Adam (dividing by sqrt(v)) turns float summation noise into
@@ -15,31 +18,6 @@ from experiments import checkpointing, inputs, sharding, trainer
 # so it is left out of the parameter comparison (it is still trained and saved; the HF layouts
 # carry it, so it is not dropped from the model).
 NO_EFFECT = re.compile(r".*/attn/key/bias$")
-
-
-def _run_steps(config, devices, batches):
-    """Returns (losses, initial params, final params, final state) of the trainer's step."""
-    s = trainer.setup(config, devices=devices)
-    state, losses = s.fresh_state(), []
-    init = jax.device_get(state["params"])  # before the donated steps consume the buffers
-    with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        for local in batches:
-            batch = sharding.to_global_batch(
-                {k: v for k, v in local.items() if k != "index"}, s.mesh
-            )
-            state, metrics = s.step_fn(state, batch)
-            losses.append(float(metrics["loss"]))
-    return losses, init, jax.device_get(state["params"]), state
-
-
-def _batches(config, n):
-    data = inputs.Inputs(config.data, global_batch_size=config.batch_size, seed=config.seed)
-    it = data.train_iterator()
-    return [next(it) for _ in range(n)]
-
-
-def _path(key_path):
-    return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 MESHES = {
