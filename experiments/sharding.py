@@ -5,7 +5,8 @@ patches, latents`). The config maps those to the mesh axes `data`, `fsdp`,
 `tensor` in one table, as MaxText's `logical_axis_rules` does:
 
     config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))   # one -1 at most
-    config.sharding_rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...)
+    config.parallelism = "fsdp_tp"     # a named preset of rules: "dp", "fsdp", "fsdp_tp"
+    config.sharding_rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ...)  # or explicit
     config.mesh_dcn = (("data", 2),)   # optional: multi-slice / multi-host level
     config.sharding_strict = True      # fail, don't replicate, where an axis does not divide
 """
@@ -39,6 +40,57 @@ DEFAULT_RULES = (
     ("patches", None),
     ("latents", None),
 )
+
+
+def _replicated_except(**mapped) -> tuple:
+    return tuple((name, mapped.get(name)) for name, _ in DEFAULT_RULES)
+
+
+# Named parallelism presets (`config.parallelism`): logical-axis rules over the same mesh axes.
+PRESETS = {
+    # Pure data parallelism: parameters and optimizer state replicated on every device.
+    "dp": _replicated_except(batch=BATCH_AXES),
+    # Fully sharded data parallelism (ZeRO-3 style): parameters sharded over "fsdp" by their
+    # embedding dimension, gathered per layer for compute.
+    "fsdp": _replicated_except(batch=BATCH_AXES, embed="fsdp"),
+    # FSDP + Megatron-style tensor parallelism: attention heads, the MLP hidden dimension and
+    # the vocabulary split over "tensor".
+    "fsdp_tp": DEFAULT_RULES,
+}
+DEFAULT_PRESET = "fsdp_tp"
+
+
+def _tuples(x):
+    """Rules read back from JSON are lists; flax wants hashable tuples."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def config_rules(config, mesh: Mesh | None = None) -> tuple:
+    """The logical-axis rules a config asks for: `config.sharding_rules` when given, else the
+    preset `config.parallelism` (default "fsdp_tp").
+
+    With a preset and a `mesh`, a mesh axis of several devices that the preset never uses is
+    an error (those devices would only repeat the others' work)."""
+    explicit = config.get("sharding_rules")
+    if explicit:
+        return _tuples(explicit)
+    name = config.get("parallelism") or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ShardingError(
+            f"Unknown config.parallelism {name!r}: use one of {sorted(PRESETS)}, or give "
+            "config.sharding_rules explicitly."
+        )
+    rules = PRESETS[name]
+    if mesh is not None:
+        used = {a for _, axes in rules for a in _names(axes)}
+        idle = {a: n for a, n in mesh.shape.items() if n > 1 and a not in used}
+        if idle:
+            raise ShardingError(
+                f"config.parallelism={name!r} uses no mesh axis {sorted(idle)}, but config.mesh "
+                f"gives {idle} devices: set those axes to 1 (their devices would repeat the "
+                "others' work), or choose another preset."
+            )
+    return rules
 
 
 class ShardingError(ValueError):

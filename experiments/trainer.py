@@ -55,7 +55,8 @@ CONFIG_SCHEMA = {
     "log_every_steps": None,
     "mesh": None,
     "mesh_dcn": None,
-    "sharding_rules": None,
+    "sharding_rules": None,  # explicit rules; empty: the preset `parallelism` names
+    "parallelism": None,  # "dp" | "fsdp" | "fsdp_tp" (default): sharding.PRESETS
     "sharding_strict": None,
     "optim": None,  # validated by experiments.optimizer
     "init": {"checkpoint", "step", "load", "hf"},
@@ -111,11 +112,6 @@ def validate_config(config) -> None:
         raise config_utils.ConfigError(f"config.total_steps must be >= 1, got {config.total_steps}")
 
 
-def _tuples(x):
-    """Rules read back from JSON are lists; flax wants hashable tuples."""
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
 def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int, microbatches: int = 1):
     """(state, batch) -> (state, metrics); pure, for jax.jit with donation.
 
@@ -159,7 +155,7 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
     validate_config(config)
     mesh = sharding.make_mesh(config.mesh, config.get("mesh_dcn") or (), devices)
     sharding.check_batch_size(config.batch_size, mesh)
-    rules = _tuples(config.get("sharding_rules") or sharding.DEFAULT_RULES)
+    rules = sharding.config_rules(config, mesh)
     init = config.get("init") or {}
     inherited = None
     if init.get("checkpoint"):  # a fine-tune reads the ids its weights were trained on

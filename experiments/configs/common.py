@@ -28,7 +28,8 @@ def base(
             log_every_steps=50,
             mesh=(("data", -1), ("fsdp", fsdp), ("tensor", tensor)),
             mesh_dcn=(),
-            sharding_rules=sharding.DEFAULT_RULES,
+            parallelism=sharding.DEFAULT_PRESET,  # "dp" | "fsdp" | "fsdp_tp": sharding.PRESETS
+            sharding_rules=(),  # explicit logical-axis rules override the preset
             sharding_strict=False,  # True: a rule a dimension cannot honour is an error
             checkpoint=dict(every_steps=500, keep=2, async_save=True, allow_resume_changes=()),
             peak_flops_per_device=0.0,  # 0: known accelerator table, or measured on CPU

@@ -59,6 +59,43 @@ def test_sharded_adamw_steps_match_single_device(make_config, mesh, loss):
     assert any(getattr(x, "sharding", None) == fc1.sharding for x in mu)
 
 
+# Each preset's mesh, and the per-device shard of the fc1 kernel [embed=32, mlp=64] on it.
+PRESET_MESHES = {
+    "dp": ((("data", 2), ("fsdp", 4)), (32, 64)),
+    "fsdp": ((("data", 2), ("fsdp", 4)), (8, 64)),
+    "fsdp_tp": ((("data", 2), ("fsdp", 2), ("tensor", 2)), (16, 32)),
+}
+
+
+@pytest.mark.parametrize("preset", list(PRESET_MESHES))
+def test_parallelism_presets_match_single_device(make_config, preset):
+    mesh, fc1_shard = PRESET_MESHES[preset]
+    single = make_config(mesh=(("data", 1),))
+    batches = _batches(single, 3)
+    ref_losses, _, ref_params, _ = _run_steps(single, jax.devices()[:1], batches)
+    config = make_config(mesh=mesh)
+    config.parallelism = preset
+    losses, _, params, state = _run_steps(config, jax.devices(), batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+    for (key, want), got in zip(
+        jax.tree_util.tree_leaves_with_path(ref_params), jax.tree.leaves(params), strict=True
+    ):
+        if not NO_EFFECT.match(_path(key)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=_path(key))
+    fc1 = state["params"]["img"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert {s.data.shape for s in fc1.addressable_shards} == {fc1_shard}
+
+
+def test_presets_name_their_mistakes(make_config):
+    config = make_config(mesh=(("data", 2), ("fsdp", 2), ("tensor", 2)))
+    config.parallelism = "fsdp"  # no tensor parallelism: the tensor axis would sit idle
+    with pytest.raises(sharding.ShardingError, match=r"uses no mesh axis \['tensor'\]"):
+        trainer.setup(config)
+    config.parallelism = "zero3"
+    with pytest.raises(sharding.ShardingError, match=r"Unknown config.parallelism 'zero3'"):
+        trainer.setup(config)
+
+
 def test_lit_keeps_the_locked_tower_bit_identical(make_config, tmp_path):
     trainer.train(make_config(steps=2), str(tmp_path / "clip"))
     tower, _ = checkpointing.load_params(str(tmp_path / "clip"))
