@@ -77,6 +77,7 @@ class Decoder(nn.Module):
     dropout: float = 0.0
     scan: bool = False
     remat: bool = False
+    remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
     dtype: Any = jnp.float32
     attn_implementation: str | None = None
 
@@ -264,9 +265,12 @@ class Decoder(nn.Module):
         if cache is not None and cache["k"].shape[1] != depth:
             raise ValueError(f"The cache has {cache['k'].shape[1]} layers, the decoder {depth}.")
         block_cls = DecoderBlock
+        policy = layers.remat_policy(self.remat_policy)
         if self.remat:
             # argnum 4 = `deterministic` (self is 0); static so dropout can branch on it.
-            block_cls = nn.remat(DecoderBlock, static_argnums=(4,), prevent_cse=not self.scan)
+            block_cls = nn.remat(
+                DecoderBlock, static_argnums=(4,), prevent_cse=not self.scan, policy=policy
+            )
         kwargs = dict(
             num_heads=cfg["num_heads"],
             num_kv_heads=cfg["num_kv_heads"],

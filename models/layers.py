@@ -19,6 +19,24 @@ import numpy as np
 from models.attention import MultiHeadAttention
 from models.axes import LAYERS_AXIS, constrain, part
 
+# What a rematerialised block keeps for the backward pass (`remat_policy`, used with remat):
+# "full" keeps only the block's input and recomputes everything; "save_dots" keeps every
+# matmul output (less recompute, more memory); "save_dots_no_batch" keeps the weight matmuls'
+# outputs but recomputes the attention scores (whose size grows with length squared).
+REMAT_POLICIES = {
+    "full": None,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of a REMAT_POLICIES name (ValueError naming the choices)."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"Unknown remat_policy {name!r}: use one of {sorted(REMAT_POLICIES)}.")
+    return REMAT_POLICIES[name]
+
+
 Array = jax.Array
 Dtype = Any
 
@@ -186,6 +204,7 @@ class Encoder(nn.Module):
     causal: bool = False
     scan: bool = False
     remat: bool = False
+    remat_policy: str = "full"
     final_norm: bool = True
     post_norm: bool = False
     norm_eps: float = 1e-6
@@ -206,9 +225,12 @@ class Encoder(nn.Module):
                 "post_norm=True blocks end in a LayerNorm already: set final_norm=False."
             )
         block_cls = EncoderBlock
+        policy = remat_policy(self.remat_policy)
         if self.remat:
             # argnum 3 = `deterministic` (self is 0); static so dropout can branch on it.
-            block_cls = nn.remat(EncoderBlock, static_argnums=(3,), prevent_cse=not self.scan)
+            block_cls = nn.remat(
+                EncoderBlock, static_argnums=(3,), prevent_cse=not self.scan, policy=policy
+            )
         kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,

@@ -38,6 +38,7 @@ class Tower(nn.Module):
     dropout: float = 0.0
     scan: bool = False
     remat: bool = False
+    remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
     dtype: Any = jnp.float32
     attn_implementation: str | None = None
 
@@ -65,6 +66,7 @@ class Tower(nn.Module):
             causal=causal,
             scan=self.scan,
             remat=self.remat,
+            remat_policy=self.remat_policy,
             final_norm=self.final_norm,
             post_norm=post_norm,
             norm_eps=self.norm_eps,

@@ -25,6 +25,7 @@ HF_ACTIVATIONS = {v: k for k, v in ACTIVATIONS.items()}
 NUMERICALLY_IRRELEVANT = {
     "scan",
     "remat",
+    "remat_policy",
     "dtype",
     "attn_implementation",
     "dropout",

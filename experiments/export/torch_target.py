@@ -393,7 +393,7 @@ def write(out_dir: epath.Path, params: Any, meta: Mapping[str, Any]) -> list[str
     return notes
 
 
-_PLAIN = {"scan": False, "remat": False, "dtype": "float32"}
+_PLAIN = {"scan": False, "remat": False, "remat_policy": "full", "dtype": "float32"}
 
 
 def _abstract_params(objective: str, cfg: Mapping[str, Any], image_size: int) -> Any:

@@ -277,6 +277,25 @@ def test_prefix_embeddings_equal_their_tokens():
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("policy", ["save_dots", "save_dots_no_batch"])
+def test_remat_policies_match_plain(policy):
+    model, memory = make("mqa_untied_cross")
+    params = random_params(model, PROMPTS, **memory)["params"]
+    mask = np.arange(5) < LENGTHS[:, None]
+
+    def value_and_grad(m):
+        def loss(p):
+            logits = m.apply({"params": p}, PROMPTS, attention_mask=mask, **memory)[0]
+            return jnp.sum(jnp.sin(logits))
+
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    ref, g_ref = value_and_grad(model)
+    val, g = value_and_grad(model.clone(remat=True, remat_policy=policy))
+    np.testing.assert_allclose(val, ref, rtol=1e-6)
+    jax.tree.map(lambda a, b: assert_close(a, b, atol=1e-5), g, g_ref)
+
+
 def test_scan_and_remat_match_unscanned():
     model, memory = make("mqa_untied_cross")
     variables = random_params(model, PROMPTS, **memory)

@@ -272,12 +272,26 @@ def test_scanned_encoder_matches_unscanned(encoder_inputs, encoder_reference):
     assert_trees_close(gp, stack_blocks(gp_ref, 2))
 
 
-def test_remat_encoder_matches_plain(encoder_inputs, encoder_reference):
+@pytest.mark.parametrize("policy", sorted(layers.REMAT_POLICIES))
+def test_remat_encoder_matches_plain(encoder_inputs, encoder_reference, policy):
     x, mask, params = encoder_inputs
     y_ref, grads_ref = encoder_reference
-    y, grads = forward_and_grads(encoder(remat=True), params, x, mask)
+    model = encoder(remat=True, remat_policy=policy)
+    y, grads = forward_and_grads(model, params, x, mask)
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
     assert_trees_close(grads, grads_ref)
+    # The policy reaches the checkpoint: the traced gradient names it.
+    grad_fn = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, mask)[0]))
+    jaxpr = str(jax.make_jaxpr(grad_fn)(params))
+    want = layers.REMAT_POLICIES[policy]
+    assert "remat" in jaxpr
+    assert f"policy={want!r}" in jaxpr if want is not None else "policy=None" in jaxpr
+
+
+def test_unknown_remat_policy_is_named(encoder_inputs):
+    x, mask, params = encoder_inputs
+    with pytest.raises(ValueError, match=r"Unknown remat_policy 'dots'.*'save_dots'"):
+        encoder(remat=True, remat_policy="dots").apply({"params": params}, x, mask)
 
 
 def test_encoder_aux_dropout_and_axes(encoder_inputs, encoder_reference):

@@ -5,8 +5,8 @@ Copies of the vlax dataclass defaults (`models.vit.ViT`, `models.text.TextTransf
 and of `models.variants`, so this package needs no jax. tests/export/test_torch_target.py and
 tests/export/test_torch_prefix_lm.py check that the copies equal the originals. The modules
 read every field except those that only change training or speed (head_zeroinit, dropout,
-scan, remat, attn_implementation, loss_impl, temperature_init, bias_init) and dtype: they
-compute in fp32 whatever precision the run used.
+scan, remat, remat_policy, attn_implementation, loss_impl, temperature_init, bias_init) and
+dtype: they compute in fp32 whatever precision the run used.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ _TOWER: dict[str, Any] = {
     "dropout": 0.0,
     "scan": False,
     "remat": False,
+    "remat_policy": "full",
     "dtype": "float32",
     "attn_implementation": None,
 }
@@ -158,6 +159,7 @@ DECODER_DEFAULTS: dict[str, Any] = {
     "dropout": 0.0,
     "scan": False,
     "remat": False,
+    "remat_policy": "full",
     "dtype": "float32",
     "attn_implementation": None,
 }
