@@ -69,6 +69,8 @@ def _vocab_size(model_config: dict) -> int:
 
 def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
     """Builds the trainer's step for `config` and times it. Returns the figures as a dict."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     s = trainer.setup(config, need_data=False)
     # Each process feeds its slice of the global batch.
     local = synthetic_batch(
@@ -82,15 +84,15 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
         t0 = time.perf_counter()
         compiled = s.step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
-        for _ in range(warmup):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(state)
-        times = []
-        for _ in range(steps):
+        all_times, losses = [], []
+        for _ in range(warmup + steps):
             t0 = time.perf_counter()
             state, metrics = compiled(state, batch)
             jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - t0)
+            all_times.append(time.perf_counter() - t0)
+            losses.append(float(metrics["loss"]))
+    times = all_times[warmup:]
+    first_step_s = all_times[0]  # includes one-off costs (allocation)
     step_s = statistics.median(times)
     n_dev = jax.device_count()
     peak = flops.effective_peak(s.flops_by_dtype, config.get("peak_flops_per_device"))
@@ -111,6 +113,8 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
         "compile_s": round(compile_s, 3),
         "step_s": round(step_s, 4),
         "step_s_min": round(min(times), 4),
+        "step_times_s": [round(t, 4) for t in times],
+        "first_step_s": round(first_step_s, 4),
         "examples_per_s": round(figures["examples_per_sec"], 2),
         "flops_per_step": s.flops_per_step,
         "matmul_dtypes": sorted(s.flops_by_dtype),
@@ -119,7 +123,8 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
         "mfu": round(figures["mfu"], 4) if peak else None,
         "step_memory_bytes_per_device": device_bytes,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "loss": float(metrics["loss"]),
+        "loss": losses[-1],
+        "loss_first": losses[0],
     }
 
 
