@@ -35,5 +35,6 @@ clean-venv:
 .PHONY: bazel-test
 # Bazel (Debian bazel-bootstrap 4.2.3, offline; see README "Bazel"): installs Bazel
 # if missing, then builds every target and runs every test target.
+BAZEL_TEST_ARGS ?=
 bazel-test: $(STAMP)
-	third_party/bazel/setup.sh test //...
+	third_party/bazel/setup.sh test //... $(BAZEL_TEST_ARGS)
