@@ -30,19 +30,15 @@ def _set_devices(argv) -> None:
 if __name__ == "__main__":
     _set_devices(sys.argv)
 
+import argparse  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from objectives import contrastive_losses as cl  # noqa: E402
-
-_BATCH = flags.DEFINE_integer("batch", 32768, "Global batch.")
-_DIM = flags.DEFINE_integer("dim", 512, "Embedding width.")
-_DEVICES = flags.DEFINE_integer("devices", 8, "Host CPU devices (the batch is sharded over them).")
-_JSON = flags.DEFINE_string("json", None, "Also write the results to this file.")
 
 # (label, loss kind, impl)
 VARIANTS = (
@@ -102,19 +98,25 @@ def markdown(rows: list[dict], batch: int, dim: int, devices: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    if jax.device_count() != _DEVICES.value:
-        raise app.UsageError(
-            f"{jax.device_count()} devices, --devices={_DEVICES.value}: run this as a module "
+def main(argv=None) -> None:
+    # argparse, not absl flags: importing this module (tests) must not define global flags.
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32768, help="Global batch.")
+    p.add_argument("--dim", type=int, default=512, help="Embedding width.")
+    p.add_argument("--devices", type=int, default=8, help="Host CPU devices (batch sharded).")
+    p.add_argument("--json", default=None, help="Also write the results to this file.")
+    args = p.parse_args(argv)
+    if jax.device_count() != args.devices:
+        raise SystemExit(
+            f"{jax.device_count()} devices, --devices={args.devices}: run this as a module "
             "(python -m experiments.loss_memory) so the host device count is set before jax starts"
         )
-    rows = loss_memory(_BATCH.value, _DIM.value)
-    print(markdown(rows, _BATCH.value, _DIM.value, _DEVICES.value))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump({"batch": _BATCH.value, "dim": _DIM.value, "rows": rows}, f, indent=1)
+    rows = loss_memory(args.batch, args.dim)
+    print(markdown(rows, args.batch, args.dim, args.devices))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "dim": args.dim, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -98,12 +98,12 @@ def main(argv=None) -> None:
 
     import jax
 
-    from experiments import benchmark
+    from experiments import step_timing
 
     config = peer_config(
         spec, args.loss, steps=args.warmup + args.steps + 1, precision=args.precision
     )
-    out = benchmark.benchmark(config, steps=args.steps, warmup=args.warmup)
+    out = step_timing.benchmark(config, steps=args.steps, warmup=args.warmup)
     result = {
         "kind": "step",
         "peer": "vlax" if args.precision == "fp32" else f"vlax-{args.precision}",
