@@ -6,17 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import accumulation, config_utils, sharding, trainer
+from experiments import accumulation, config_utils, trainer
 
+from .trainer_steps import global_batch
 from .trainer_steps import key_path as _path
 from .trainer_steps import run_steps as _run_steps
 from .trainer_steps import train_batches as _batches
 
 MESH = (("data", 2), ("fsdp", 4))
-
-
-def _global(s, local):
-    return sharding.to_global_batch({k: v for k, v in local.items() if k != "index"}, s.mesh)
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
@@ -27,7 +24,7 @@ def test_microbatches_give_the_whole_batch_gradient(make_config, loss):
     (local,) = _batches(config, 1)
     rng = jax.random.key(0)
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        batch = _global(s, local)
+        batch = global_batch(s, local)
 
         def plain(p):
             return s.model.apply({"params": p}, batch, train=True, rngs={"dropout": rng})

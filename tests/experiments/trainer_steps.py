@@ -13,12 +13,14 @@ def run_steps(config, devices, batches):
     init = jax.device_get(state["params"])  # before the donated steps consume the buffers
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
         for local in batches:
-            batch = sharding.to_global_batch(
-                {k: v for k, v in local.items() if k != "index"}, s.mesh
-            )
-            state, metrics = s.step_fn(state, batch)
+            state, metrics = s.step_fn(state, global_batch(s, local))
             losses.append(float(metrics["loss"]))
     return losses, init, jax.device_get(state["params"]), state
+
+
+def global_batch(s, local):
+    """A host batch as the step takes it: sharded over the mesh, without the data index."""
+    return sharding.to_global_batch({k: v for k, v in local.items() if k != "index"}, s.mesh)
 
 
 def train_batches(config, n):
