@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax.core import FrozenDict
@@ -36,6 +37,7 @@ from flax.core import FrozenDict
 from data import mixing, pipeline, sources, tasks
 from data import tokenizer as tokenizer_lib
 from experiments import config_utils
+from models import precision as precision_lib
 from models import vit as vit_lib
 
 DATA_KEYS = {
@@ -346,6 +348,36 @@ class Inputs:
         return batches_fn, info
 
 
+def with_precision(model_config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Sets `dtype` / `matmul_dtype` of every tower (the dict-valued model fields) from the
+    policy `name`; a tower that names other dtypes itself is a ConfigError (set one place)."""
+    try:
+        fields = precision_lib.policy_fields(name)
+    except ValueError as e:
+        raise config_utils.ConfigError(f"config.precision: {e}") from None
+    out = dict(model_config)
+    for tower, sub in model_config.items():
+        if not isinstance(sub, Mapping):
+            continue
+        sub = dict(sub)
+        for key, want in fields.items():
+            own = sub.get(key, want)
+            if own is not None and want is not None and jnp.dtype(own) != jnp.dtype(want):
+                raise config_utils.ConfigError(
+                    f"config.model.{tower}.{key}={own!r} contradicts config.precision={name!r} "
+                    f"({key}={want!r}): choose the policy with config.precision "
+                    f"({sorted(precision_lib.POLICIES)}) and drop the tower's {key}."
+                )
+            if own is not None and want is None:
+                raise config_utils.ConfigError(
+                    f"config.model.{tower}.{key}={own!r} contradicts config.precision={name!r}: "
+                    f"choose the policy with config.precision and drop the tower's {key}."
+                )
+        # The fp32 policy is the modules' defaults: configs stay as they were written.
+        out[tower] = sub if name == "fp32" else {**sub, **fields}
+    return out
+
+
 def _mix_entry(entry, task: str, task_args: dict) -> tuple[str, float, str, dict]:
     """(spec, weight[, task[, task_args]]) with the run's task as the default."""
     entry = tuple(entry)
@@ -399,11 +431,15 @@ def check_model_keys(objective_cls: type, cfg: Mapping[str, Any]) -> None:
             )
 
 
-def complete_model_config(objective_cls: type, model_config, data: Inputs) -> dict[str, Any]:
-    """Checks the objective's kwargs, lets it fill the data-dependent fields (vocabulary size,
-    special ids, lengths: `objective_cls.fill_data_fields`) and freezes nested dicts."""
+def complete_model_config(
+    objective_cls: type, model_config, data: Inputs, precision: str = "fp32"
+) -> dict[str, Any]:
+    """Checks the objective's kwargs, sets every tower's dtypes from the `precision` policy
+    (models/precision.py), lets the objective fill the data-dependent fields (vocabulary
+    size, special ids, lengths: `objective_cls.fill_data_fields`) and freezes nested dicts."""
     cfg = _plain(model_config)
     check_model_keys(objective_cls, cfg)
+    cfg = with_precision(cfg, precision)
     image = _plain(cfg.get("image", {}))
     if image:
         # Checked here so a wrong size fails before anything compiles.

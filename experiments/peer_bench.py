@@ -11,8 +11,9 @@ trainer's own jitted step (its sharding, donation and AdamW).
 Prints one `BENCH_RESULT {json}` line. The shapes come from `--spec-json` (run_all passes
 it); the towers match the harness: class-token image pooling, a bidirectional text tower
 pooled at its last token, learned positions, AdamW with a constant learning rate and no
-clipping. `--precision bf16` computes the towers in bfloat16 (parameters, optimizer state and
-the loss stay fp32).
+clipping. `--precision bf16` is config.precision="bf16_mixed" (bf16 matmul inputs, float32
+accumulation, activations, parameters, optimizer state and loss); `bf16_act` adds bf16
+activations.
 """
 
 import argparse
@@ -27,6 +28,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 RESULT_TAG = "BENCH_RESULT "
 LOSSES = {"clip": ("softmax", 1 / 0.07, None), "siglip": ("sigmoid", 10.0, -10.0)}
+# --precision -> config.precision (models/precision.py)
+PRECISIONS = {"fp32": "fp32", "bf16": "bf16_mixed", "bf16_act": "bf16_act"}
 
 
 def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
@@ -35,12 +38,12 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
 
     if loss not in LOSSES:
         raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     kind, temperature, bias = LOSSES[loss]
     im, tx, opt = spec["image"], spec["text"], spec["optimizer"]
-    dtype = "bfloat16" if precision == "bf16" else "float32"
     config = common.base(total_steps=steps, batch_size=spec["batch"])
+    config.precision = PRECISIONS[precision]
     config.objective = "contrastive"
     config.model = dict(
         image=dict(
@@ -52,7 +55,6 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
             pool_type="cls",
             posemb="learn",
             num_classes=spec["embed_dim"],
-            dtype=dtype,
         ),
         text=dict(
             width=tx["width"],
@@ -64,7 +66,6 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
             causal=False,
             pool_type="last",
             num_classes=spec["embed_dim"],
-            dtype=dtype,
         ),
         loss=kind,
         loss_impl="sharded",
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)  # XLA:CPU uses every core it is given
     p.add_argument("--spec-json", required=True, help="the harness's shapes.get_spec(shape)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     args = p.parse_args(argv)
     spec = json.loads(args.spec_json)
 

@@ -65,6 +65,7 @@ CONFIG_SCHEMA = {
     "evals": None,  # validated by each evaluator
     "peak_flops_per_device": None,
     "microbatches": None,  # gradient accumulation (experiments/accumulation.py); default 1
+    "precision": None,  # "fp32" (default) | "bf16_mixed" | "bf16_act": models/precision.py
 }
 
 
@@ -177,7 +178,9 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
                 config.evals[name].batch_size, mesh, f"config.evals.{name}.batch_size"
             )
     objective_cls = objectives.get_objective(config.objective)
-    model_config = inputs.complete_model_config(objective_cls, config.model, data)
+    model_config = inputs.complete_model_config(
+        objective_cls, config.model, data, config.get("precision", "fp32")
+    )
     model = objective_cls(**model_config)
     eval_runner.check_methods(model, evaluators)
     microbatches = config.get("microbatches", 1)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import precision
 from models.axes import constrain, part
 
 Array = jax.Array
@@ -23,7 +24,12 @@ def default_attn_implementation() -> str | None:
 
 
 def einsum_attention(
-    q: Array, k: Array, v: Array, mask: Array | None = None, causal: bool = False
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    causal: bool = False,
+    matmul_dtype: Dtype | None = None,
 ) -> Array:
     """Softmax attention with heads moved before length ([B, H, L, hd]) for fast CPU matmuls.
 
@@ -31,6 +37,7 @@ def einsum_attention(
       q: [B, T, H, hd]; k, v: [B, S, H, hd].
       mask: bool, broadcastable to [B, H, T, S]; True = attend.
       causal: additionally mask keys after the query position (top-left aligned).
+      matmul_dtype: both matmuls' input dtype (None: q's), accumulated in float32.
 
     Returns:
       [B, T, H, hd]. Semantics match `jax.nn.dot_product_attention` (fully masked rows
@@ -38,7 +45,7 @@ def einsum_attention(
     """
     scale = 1.0 / np.sqrt(q.shape[-1])
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-    logits = jnp.einsum("bhtd,bhsd->bhts", q, k) * jnp.asarray(scale, q.dtype)
+    logits = precision.einsum("bhtd,bhsd->bhts", q, k, matmul_dtype) * jnp.asarray(scale, q.dtype)
     if causal:
         t, s = logits.shape[-2:]
         tri = jnp.tril(jnp.ones((t, s), bool))
@@ -48,7 +55,7 @@ def einsum_attention(
         # Same large finite negative as jax's reference so fully masked rows agree.
         logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhts,bhsd->bhtd", weights, v)
+    out = precision.einsum("bhts,bhsd->bhtd", weights, v, matmul_dtype)
     return out.transpose(0, 2, 1, 3)
 
 
@@ -59,17 +66,23 @@ def attention(
     mask: Array | None = None,
     causal: bool = False,
     implementation: str | None = None,
+    matmul_dtype: Dtype | None = None,
 ) -> Array:
-    """Dispatches to `einsum_attention` or `jax.nn.dot_product_attention`. Shapes as there."""
+    """Dispatches to `einsum_attention` or `jax.nn.dot_product_attention`. Shapes as there;
+    `matmul_dtype` (None: q's) is what q, k, v enter the kernels as."""
     if implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
             f"Unknown attention implementation {implementation!r}: {ATTN_IMPLEMENTATIONS}"
         )
     if implementation == "einsum":
-        return einsum_attention(q, k, v, mask=mask, causal=causal)
-    return jax.nn.dot_product_attention(
+        return einsum_attention(q, k, v, mask=mask, causal=causal, matmul_dtype=matmul_dtype)
+    out_dtype = q.dtype
+    if matmul_dtype is not None:  # jax's kernels accumulate in float32 themselves
+        q, k, v = (a.astype(matmul_dtype) for a in (q, k, v))
+    out = jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=causal, implementation=implementation
     )
+    return out.astype(out_dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -81,6 +94,7 @@ class MultiHeadAttention(nn.Module):
 
     num_heads: int
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # models/precision.py
     implementation: str | None = None
 
     @nn.compact
@@ -104,6 +118,7 @@ class MultiHeadAttention(nn.Module):
             y = nn.DenseGeneral(
                 (self.num_heads, head_dim),
                 dtype=self.dtype,
+                dot_general=precision.dot_general(self.matmul_dtype),
                 kernel_init=_reshaped_init(
                     nn.initializers.xavier_uniform(),
                     (inp.shape[-1], self.num_heads, head_dim),
@@ -119,12 +134,15 @@ class MultiHeadAttention(nn.Module):
         q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
         impl = self.implementation
         impl = default_attn_implementation() if impl is None else impl
-        y = attention(q, k, v, mask=mask, causal=causal, implementation=impl)
+        y = attention(
+            q, k, v, mask=mask, causal=causal, implementation=impl, matmul_dtype=self.matmul_dtype
+        )
         y = constrain(y, ("batch", "length", "heads", "kv"))
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),
             dtype=self.dtype,
+            dot_general=precision.dot_general(self.matmul_dtype),
             kernel_init=_reshaped_init(
                 nn.initializers.xavier_uniform(),
                 (self.num_heads, head_dim, width),
@@ -177,6 +195,7 @@ def grouped_attention(
     mask: Array | None = None,
     implementation: str | None = None,
     kv_heads_major: bool = False,
+    matmul_dtype: Dtype | None = None,
 ) -> Array:
     """`attention` with fewer key/value heads than query heads (grouped-query attention).
 
@@ -193,24 +212,27 @@ def grouped_attention(
         # The einsum kernel pairs heads one to one; jax's kernels take the groups natively.
         k, v = (jnp.repeat(a, heads // kv_heads, axis=1 if kv_heads_major else 2) for a in (k, v))
     if not kv_heads_major:
-        return attention(q, k, v, mask=mask, implementation=impl)
+        return attention(q, k, v, mask=mask, implementation=impl, matmul_dtype=matmul_dtype)
     if impl != "einsum":
         k, v = (a.transpose(0, 2, 1, 3) for a in (k, v))
-        return attention(q, k, v, mask=mask, implementation=impl)
+        return attention(q, k, v, mask=mask, implementation=impl, matmul_dtype=matmul_dtype)
     # Keys/values are already head-major: only the (short) queries move, so a decoding step
     # reads the cache in place instead of transposing all of it in every layer.
-    return einsum_attention_heads_major(q, k, v, mask)
+    return einsum_attention_heads_major(q, k, v, mask, matmul_dtype)
 
 
-def einsum_attention_heads_major(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+def einsum_attention_heads_major(
+    q: Array, k: Array, v: Array, mask: Array | None, matmul_dtype: Dtype | None = None
+) -> Array:
     """`einsum_attention` on head-major keys/values: q [B, T, H, hd]; k, v [B, H, S, hd]."""
     scale = 1.0 / np.sqrt(q.shape[-1])
-    logits = jnp.einsum("bhtd,bhsd->bhts", q.transpose(0, 2, 1, 3), k)
+    logits = precision.einsum("bhtd,bhsd->bhts", q.transpose(0, 2, 1, 3), k, matmul_dtype)
     logits = (logits * jnp.asarray(scale, q.dtype)).astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bhsd->bhtd", weights, v).transpose(0, 2, 1, 3)
+    out = precision.einsum("bhts,bhsd->bhtd", weights, v, matmul_dtype)
+    return out.transpose(0, 2, 1, 3)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -229,6 +251,7 @@ class GroupedQueryAttention(nn.Module):
     use_bias: bool = True
     rope_base: float | None = None
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
     implementation: str | None = None
 
     @nn.compact
@@ -279,6 +302,7 @@ class GroupedQueryAttention(nn.Module):
                 (heads, head_dim),
                 use_bias=self.use_bias,
                 dtype=self.dtype,
+                dot_general=precision.dot_general(self.matmul_dtype),
                 kernel_init=_reshaped_init(
                     nn.initializers.xavier_uniform(),
                     (inp.shape[-1], heads, head_dim),
@@ -308,7 +332,13 @@ class GroupedQueryAttention(nn.Module):
                 for c, a in zip(cache, new_kv, strict=True)
             )
         y = grouped_attention(
-            q, k, v, mask=mask, implementation=self.implementation, kv_heads_major=heads_major
+            q,
+            k,
+            v,
+            mask=mask,
+            implementation=self.implementation,
+            kv_heads_major=heads_major,
+            matmul_dtype=self.matmul_dtype,
         )
         y = constrain(y, ("batch", "length", "heads", "kv"))
         out = nn.DenseGeneral(
@@ -316,6 +346,7 @@ class GroupedQueryAttention(nn.Module):
             axis=(-2, -1),
             use_bias=self.use_bias,
             dtype=self.dtype,
+            dot_general=precision.dot_general(self.matmul_dtype),
             kernel_init=_reshaped_init(
                 nn.initializers.xavier_uniform(),
                 (self.num_heads, head_dim, width),

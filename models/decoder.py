@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from models import layers
+from models import layers, precision
 from models.decoder_block import DecoderBlock, decoder_mask, norm_layer
 from models.variants import decode_variant
 
@@ -78,7 +78,8 @@ class Decoder(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32  # activations (models/precision.py)
+    matmul_dtype: Any = None  # matmul inputs (None: dtype), float32 accumulation
     attn_implementation: str | None = None
 
     def config(self) -> dict[str, int]:
@@ -218,12 +219,13 @@ class Decoder(nn.Module):
         x, new = self._blocks(cfg, x, ctx, cache, train)
         x = norm_layer(self.norm_type, self.norm_eps, self.dtype, "decoder_norm")(x)
         if self.tie_embeddings:
-            logits = embed.attend(x)
+            logits = embed.attend(x, matmul_dtype=self.matmul_dtype)
         else:
             logits = nn.Dense(
                 self.vocab_size,
                 use_bias=False,
                 dtype=self.dtype,
+                dot_general=precision.dot_general(self.matmul_dtype),
                 kernel_init=layers.part(nn.initializers.normal(0.02), ("embed", "vocab")),
                 name="lm_head",
             )(x)
@@ -286,6 +288,7 @@ class Decoder(nn.Module):
             dropout=self.dropout,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
         )
 
         def layer_cache(cache: dict[str, Array] | None, i: Array | int) -> dict | None:

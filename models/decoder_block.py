@@ -50,6 +50,7 @@ class DecoderBlock(nn.Module):
     dropout: float = 0.0
     attn_implementation: str | None = None
     dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # models/precision.py
 
     @nn.compact
     def __call__(
@@ -66,6 +67,7 @@ class DecoderBlock(nn.Module):
             use_bias=self.attn_bias,
             rope_base=rope_base,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
             implementation=self.attn_implementation,
             name=name,
         )
@@ -96,10 +98,21 @@ class DecoderBlock(nn.Module):
             x = layers.constrain(x + drop(y), names)
 
         if self.mlp_type == "swiglu":
-            mlp = layers.GatedMlpBlock(self.mlp_dim, self.dropout, dtype=self.dtype, name="mlp")
+            mlp = layers.GatedMlpBlock(
+                self.mlp_dim,
+                self.dropout,
+                dtype=self.dtype,
+                matmul_dtype=self.matmul_dtype,
+                name="mlp",
+            )
         else:
             mlp = layers.MlpBlock(
-                self.mlp_dim, self.activation, self.dropout, dtype=self.dtype, name="mlp"
+                self.mlp_dim,
+                self.activation,
+                self.dropout,
+                dtype=self.dtype,
+                matmul_dtype=self.matmul_dtype,
+                name="mlp",
             )
         y = mlp(self._norm("ln_2")(x), deterministic)
         return layers.constrain(x + drop(y), names), new

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import precision
 from models.attention import MultiHeadAttention
 from models.axes import LAYERS_AXIS, constrain, part
 
@@ -73,6 +74,11 @@ class Embed(nn.Embed):
         (table,) = self.promote_dtype(table, dtype=self.dtype, inexact=False)
         return jnp.take(table, inputs, axis=0)
 
+    def attend(self, query: Array, matmul_dtype: Dtype | None = None) -> Array:
+        """Tied output logits [B, T, D] -> [B, T, vocab], a precision-policy matmul."""
+        (query, table) = self.promote_dtype(query, self.embedding, dtype=self.dtype)
+        return precision.einsum("btd,vd->btv", query, table, matmul_dtype)
+
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
     """'gelu' (exact erf, = torch GELU), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP)."""
@@ -92,6 +98,7 @@ class MlpBlock(nn.Module):
     activation: str = "gelu"
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # models/precision.py
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -99,6 +106,7 @@ class MlpBlock(nn.Module):
         h = nn.Dense(
             self.mlp_dim,
             dtype=self.dtype,
+            dot_general=precision.dot_general(self.matmul_dtype),
             kernel_init=part(nn.initializers.xavier_uniform(), ("embed", "mlp")),
             bias_init=part(nn.initializers.normal(1e-6), ("mlp",)),
             name="fc1",
@@ -109,6 +117,7 @@ class MlpBlock(nn.Module):
         return nn.Dense(
             width,
             dtype=self.dtype,
+            dot_general=precision.dot_general(self.matmul_dtype),
             kernel_init=part(nn.initializers.xavier_uniform(), ("mlp", "embed")),
             bias_init=part(nn.initializers.normal(1e-6), ("embed",)),
             name="fc2",
@@ -121,6 +130,7 @@ class GatedMlpBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # models/precision.py
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -131,6 +141,7 @@ class GatedMlpBlock(nn.Module):
                 features,
                 use_bias=False,
                 dtype=self.dtype,
+                dot_general=precision.dot_general(self.matmul_dtype),
                 kernel_init=part(nn.initializers.xavier_uniform(), names),
                 name=name,
             )
@@ -163,6 +174,7 @@ class EncoderBlock(nn.Module):
     norm_eps: float = 1e-6
     attn_implementation: str | None = None
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
@@ -170,9 +182,20 @@ class EncoderBlock(nn.Module):
         ln_1 = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_1")
         ln_2 = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln_2")
         attn = MultiHeadAttention(
-            self.num_heads, dtype=self.dtype, implementation=self.attn_implementation, name="attn"
+            self.num_heads,
+            dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
+            implementation=self.attn_implementation,
+            name="attn",
         )
-        mlp = MlpBlock(self.mlp_dim, self.activation, self.dropout, dtype=self.dtype, name="mlp")
+        mlp = MlpBlock(
+            self.mlp_dim,
+            self.activation,
+            self.dropout,
+            dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
+            name="mlp",
+        )
         if self.post_norm:
             y = nn.Dropout(self.dropout)(attn(x, mask=mask, causal=self.causal), deterministic)
             x = constrain(ln_1(x + y), names)
@@ -210,6 +233,7 @@ class Encoder(nn.Module):
     norm_eps: float = 1e-6
     attn_implementation: str | None = None
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(
@@ -241,6 +265,7 @@ class Encoder(nn.Module):
             norm_eps=self.norm_eps,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
         )
         aux: dict[str, Any] = {}
         x = constrain(x, ("batch", "length", "embed"))
@@ -276,6 +301,7 @@ class MAPHead(nn.Module):
     norm_eps: float = 1e-6
     attn_implementation: str | None = None
     dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
@@ -287,15 +313,31 @@ class MAPHead(nn.Module):
         probe = jnp.broadcast_to(probe.astype(x.dtype), (b, 1, d))
         attn_mask = None if mask is None else mask[:, None, None, :]
         y = MultiHeadAttention(
-            self.num_heads, dtype=self.dtype, implementation=self.attn_implementation, name="attn"
+            self.num_heads,
+            dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
+            implementation=self.attn_implementation,
+            name="attn",
         )(probe, x, mask=attn_mask)
         z = LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="ln")(y)
-        y = y + MlpBlock(self.mlp_dim, self.activation, dtype=self.dtype, name="mlp")(z)
+        mlp = MlpBlock(
+            self.mlp_dim,
+            self.activation,
+            dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
+            name="mlp",
+        )
+        y = y + mlp(z)
         return y[:, 0]
 
 
 def dense_head(
-    features: int, use_bias: bool, zero_init: bool, dtype: Dtype, name: str = "head"
+    features: int,
+    use_bias: bool,
+    zero_init: bool,
+    dtype: Dtype,
+    name: str = "head",
+    matmul_dtype: Dtype | None = None,
 ) -> nn.Dense:
     """Final classifier/projection Dense, kernel axes ("embed", None). Zero init suits a
     classifier trained from scratch; a projection feeding a normalised embedding must not
@@ -305,6 +347,7 @@ def dense_head(
         features,
         use_bias=use_bias,
         dtype=dtype,
+        dot_general=precision.dot_general(matmul_dtype),
         kernel_init=part(kernel_init, ("embed", None)),
         bias_init=part(nn.initializers.zeros, (None,)),
         name=name,

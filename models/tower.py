@@ -39,7 +39,8 @@ class Tower(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32  # activations (models/precision.py)
+    matmul_dtype: Any = None  # matmul inputs (None: dtype), float32 accumulation
     attn_implementation: str | None = None
 
     # The fields `variant` may override; a ViT adds "patch_size".
@@ -72,6 +73,7 @@ class Tower(nn.Module):
             norm_eps=self.norm_eps,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
             name="encoder",
         )
 
@@ -84,11 +86,17 @@ class Tower(nn.Module):
             norm_eps=self.norm_eps,
             attn_implementation=self.attn_implementation,
             dtype=self.dtype,
+            matmul_dtype=self.matmul_dtype,
             name="map_head",
         )
 
     def _head(self) -> nn.Dense:
         """The "head" Dense: [B, D] -> [B, num_classes]."""
         return layers.dense_head(
-            self.num_classes, self.head_bias, self.head_zeroinit, self.dtype, name="head"
+            self.num_classes,
+            self.head_bias,
+            self.head_zeroinit,
+            self.dtype,
+            name="head",
+            matmul_dtype=self.matmul_dtype,
         )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import layers, tower
+from models import layers, precision, tower
 
 Array = jax.Array
 
@@ -76,6 +76,7 @@ class ViT(tower.Tower):
             padding="VALID",
             use_bias=self.patch_bias,
             dtype=self.dtype,
+            conv_general_dilated=precision.conv_general_dilated(self.matmul_dtype),
             kernel_init=layers.part(nn.initializers.lecun_normal(), (None, None, None, "embed")),
             bias_init=layers.part(nn.initializers.zeros, ("embed",)),
             name="embedding",

@@ -154,6 +154,6 @@ class TwoTower(nn.Module):
             txt += flops_lib.map_head_flops(shapes["tokens"][0], tc["width"], tc["mlp_dim"])
         out: dict[str, float] = {}
         for tower, forward, name in ((image, img, "img"), (text, txt, "txt")):
-            dtype = jnp.dtype(tower.dtype).name
+            dtype = jnp.dtype(tower.matmul_dtype or tower.dtype).name
             out[dtype] = out.get(dtype, 0.0) + flops_lib.train_flops(forward, frozen=name in frozen)
         return out

@@ -118,7 +118,14 @@ class PrefixLM(nn.Module):
             **{**dict(self.image), "pool_type": "none", "num_classes": None}, name="img"
         )
         if self.img.config()["width"] != self.width:
-            self.img_proj = layers.dense_head(self.width, True, False, jnp.float32, "img_proj")
+            self.img_proj = layers.dense_head(
+                self.width,
+                True,
+                False,
+                self.dec.dtype,
+                "img_proj",
+                matmul_dtype=self.dec.matmul_dtype,
+            )
         if cross:
             enc = dict(self.encoder or {})
             self.txt_embed = nn.Embed(
@@ -136,6 +143,8 @@ class PrefixLM(nn.Module):
                 depth=enc.get("depth", 2),
                 num_heads=enc.get("num_heads", 4),
                 mlp_dim=enc.get("mlp_dim", 4 * self.width),
+                dtype=enc.get("dtype", self.dec.dtype),
+                matmul_dtype=enc.get("matmul_dtype", self.dec.matmul_dtype),
                 name="encoder",
             )
 
@@ -333,7 +342,11 @@ class PrefixLM(nn.Module):
             rest = flops_lib.decoder_forward_flops(
                 n + length, dc["width"], dc["depth"], dc["mlp_dim"], dec.vocab_size, **heads
             )
-        return {
-            "float32": flops_lib.train_flops(img, frozen="img" in frozen)
-            + flops_lib.train_flops(rest)
-        }
+        out: dict[str, float] = {}
+        for module, value in (
+            (image, flops_lib.train_flops(img, frozen="img" in frozen)),
+            (dec, flops_lib.train_flops(rest)),
+        ):
+            dtype = jnp.dtype(module.matmul_dtype or module.dtype).name
+            out[dtype] = out.get(dtype, 0.0) + value
+        return out

@@ -33,6 +33,9 @@ def base(
             sharding_strict=False,  # True: a rule a dimension cannot honour is an error
             checkpoint=dict(every_steps=500, keep=2, async_save=True, allow_resume_changes=()),
             peak_flops_per_device=0.0,  # 0: known accelerator table, or measured on CPU
+            # "fp32" | "bf16_mixed" (bf16 matmul inputs, f32 accumulation and activations)
+            # | "bf16_act" (bf16 activations too): models/precision.py
+            precision="fp32",
         )
     )
 

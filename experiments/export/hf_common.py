@@ -27,6 +27,7 @@ NUMERICALLY_IRRELEVANT = {
     "remat",
     "remat_policy",
     "dtype",
+    "matmul_dtype",
     "attn_implementation",
     "dropout",
     "head_zeroinit",

@@ -344,9 +344,10 @@ def _config_notes(
     parts = {"image": "image tower"}
     parts.update({"text": "text tower"} if objective == "contrastive" else {"decoder": "decoder"})
     notes = [
-        f"the {label} trained with dtype={cfg[part]['dtype']}; the export computes in float32."
+        f"the {label} trained with {key}={cfg[part][key]}; the export computes in float32."
         for part, label in parts.items()
-        if cfg[part]["dtype"] not in ("float32", None)
+        for key in ("dtype", "matmul_dtype")
+        if cfg[part].get(key) not in ("float32", None)
     ]
     if objective == "prefix_lm" and cfg["architecture"] == "encoder_decoder":
         ignored = sorted(set(model_config.get("encoder") or {}) - set(config_lib.ENCODER_DEFAULTS))
@@ -393,7 +394,13 @@ def write(out_dir: epath.Path, params: Any, meta: Mapping[str, Any]) -> list[str
     return notes
 
 
-_PLAIN = {"scan": False, "remat": False, "remat_policy": "full", "dtype": "float32"}
+_PLAIN = {
+    "scan": False,
+    "remat": False,
+    "remat_policy": "full",
+    "dtype": "float32",
+    "matmul_dtype": None,
+}
 
 
 def _abstract_params(objective: str, cfg: Mapping[str, Any], image_size: int) -> Any:

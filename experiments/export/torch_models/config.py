@@ -6,7 +6,7 @@ and of `models.variants`, so this package needs no jax. tests/export/test_torch_
 tests/export/test_torch_prefix_lm.py check that the copies equal the originals. The modules
 read every field except those that only change training or speed (head_zeroinit, dropout,
 scan, remat, remat_policy, attn_implementation, loss_impl, temperature_init, bias_init) and
-dtype: they compute in fp32 whatever precision the run used.
+dtype / matmul_dtype: they compute in fp32 whatever precision the run used.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ _TOWER: dict[str, Any] = {
     "remat": False,
     "remat_policy": "full",
     "dtype": "float32",
+    "matmul_dtype": None,
     "attn_implementation": None,
 }
 
@@ -161,6 +162,7 @@ DECODER_DEFAULTS: dict[str, Any] = {
     "remat": False,
     "remat_policy": "full",
     "dtype": "float32",
+    "matmul_dtype": None,
     "attn_implementation": None,
 }
 MLP_TYPES = ("gelu", "swiglu")
