@@ -63,5 +63,7 @@ def test_config_has_the_harness_shapes_and_optimizer():
     )
     assert config.optim.schedule == "constant" and not config.optim.grad_clip_norm
     assert (config.optim.b2, config.optim.eps, config.optim.warmup_steps) == (0.999, 1e-8, 0)
-    with pytest.raises(ValueError, match="--precision must be fp32 or bf16"):
+    with pytest.raises(
+        ValueError, match=r"--precision must be one of \[.bf16., .bf16_act., .fp32.\]"
+    ):
         peer_bench.peer_config(TINY_SPEC, "clip", steps=3, precision="fp16")
