@@ -89,17 +89,45 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, matmul_dtype: Any = None) -> j
     out_dtype = jnp.result_type(a, b)
     compute = jnp.dtype(matmul_dtype or out_dtype)
     if compute == jnp.float32:
-        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+        return jnp.einsum(spec, a, b).astype(out_dtype)
     return _einsum_f32(spec, a.astype(compute), b.astype(compute)).astype(out_dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dot_f32(lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> jax.Array:
+    """`lax.dot_general` of same-dtype operands with a float32 result; its backward matmuls
+    take that dtype's inputs too (as `_einsum_f32`'s)."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
+
+
+def _dot_f32_fwd(lhs, rhs, dimension_numbers):
+    return _dot_f32(lhs, rhs, dimension_numbers), (lhs, rhs)
+
+
+def _dot_f32_bwd(dimension_numbers, residuals, g):
+    lhs, rhs = residuals
+    spec = _spec_of(dimension_numbers, lhs.ndim, rhs.ndim)
+    return _einsum_f32_bwd(spec, residuals, g)
+
+
+_dot_f32.defvjp(_dot_f32_fwd, _dot_f32_bwd)
+
+
 def dot_general(matmul_dtype: Any) -> Callable:
-    """A `lax.dot_general` for flax's Dense layers with `einsum`'s casting rules."""
+    """A `lax.dot_general` for flax's Dense layers with `einsum`'s casting rules (float32
+    inputs keep jax's own dot and its transpose: the fp32 program is unchanged)."""
 
     def dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-        del precision, preferred_element_type  # float32 accumulation, activation-dtype result
-        spec = _spec_of(dimension_numbers, lhs.ndim, rhs.ndim)
-        return einsum(spec, lhs, rhs, matmul_dtype)
+        del preferred_element_type  # float32 accumulation, activation-dtype result
+        out_dtype = jnp.result_type(lhs, rhs)
+        compute = jnp.dtype(matmul_dtype or out_dtype)
+        if compute == jnp.float32:
+            out = jax.lax.dot_general(
+                lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32
+            )
+            return out.astype(out_dtype)
+        lhs, rhs = lhs.astype(compute), rhs.astype(compute)
+        return _dot_f32(lhs, rhs, dimension_numbers).astype(out_dtype)
 
     return dot
 
