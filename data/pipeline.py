@@ -269,6 +269,7 @@ def make_eval_batches(
     std: float | Sequence[float] = 0.5,
     task: str | tasks.Task | None = None,
     task_args: Mapping[str, Any] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[Example]:
     """Yields one in-order pass over the source, without augmentation (images resized to S x S).
 
@@ -285,6 +286,9 @@ def make_eval_batches(
     [batch_size, L] (prompt pieces only, padded), "prompt_len" int32 [batch_size] and
     "has_image" bool [batch_size]; for "caption" the caption tokens as without a task.
     References for scoring come from the source's `texts(field)`, in the same order.
+
+    `indices` (instead of process striding): read exactly these source examples, in this
+    order (multi-host evaluation: each host reads the rows its devices hold).
 
     Raises:
       ValueError: no tokenizer for texts_key/extra_texts/task, an empty source, a field of
@@ -307,7 +311,13 @@ def make_eval_batches(
         for field in extra_texts:
             if field not in first:
                 raise ValueError(_missing_field(field, first, 0))
+    if indices is not None:
+        indices = np.asarray(indices, np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            raise ValueError(f"indices must lie in [0, {n}), got {indices.min()}..{indices.max()}")
     num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
+    if indices is not None:
+        num_batches = math.ceil(len(indices) / batch_size)
     if task is None:
         load = _Load(source, tokenizer, max_len, texts_key, extra_texts)
     else:
@@ -315,7 +325,10 @@ def make_eval_batches(
         task.check_fields(source_fields(source))
         load = _TaskLoad(source, task, prompt=True, extra_texts=extra_texts)
     transform = _ImageTransform(image_size, mean, std, augment=False)
-    ds = grain.MapDataset.range(n)[process_index::process_count].map(load).map(transform)
+    if indices is not None:
+        ds = grain.MapDataset.source(indices.tolist()).map(load).map(transform)
+    else:
+        ds = grain.MapDataset.range(n)[process_index::process_count].map(load).map(transform)
     batches = ds.to_iter_dataset(_read_options(2, batch_size, num_threads)).batch(batch_size)
     # A separate generator, so that the checks above raise at the call, not at first `next`.
     return _padded_batches(batches, num_batches, batch_size, lambda: transform(load(0)))

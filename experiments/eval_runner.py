@@ -20,6 +20,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from experiments import run_meta, sharding
+from experiments.evaluators import host_rows
 
 RESULTS_FILE = "eval_results.json"
 
@@ -59,8 +60,8 @@ def _on_devices(fn, params, mesh):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, batch_sharding, lambda i: x[i])
 
-    # Every process reads the same eval rows: place each device's slice of them, then gather
-    # the outputs back to every host.
+    # Place each local device's slice of the rows (under multi-host evaluation a host holds
+    # only those: evaluators/host_rows.py), then gather the outputs back to every host.
     def run(*arrays, **static):
         out = fn(params, tuple(place(x) for x in arrays), tuple(sorted(static.items())))
         gathered = multihost_utils.process_allgather(out, tiled=True)
@@ -88,7 +89,11 @@ def run_evals(setup, params, step: int, writer, workdir: str, *, final: bool):
     results, errors = {}, {}
     if not due:
         return results, errors
-    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    with (
+        jax.set_mesh(setup.mesh),
+        nn.logical_axis_rules(setup.rules),
+        host_rows.placement(sharding.batch_sharding(setup.mesh)),
+    ):
         predict = {m: _on_devices(f, params, setup.mesh) for m, f in setup.predict_fns.items()}
         for name, evaluator in due.items():
             t0 = time.time()

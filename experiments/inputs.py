@@ -322,7 +322,7 @@ class Inputs:
         # Read batches only bound host memory (evaluators re-batch for the devices).
         bs = batch_size or EVAL_READ_BATCH
 
-        def batches_fn():
+        def batches_fn(indices: Sequence[int] | None = None):
             return pipeline.make_eval_batches(
                 src,
                 tokenizer=self.tokenizer,
@@ -333,9 +333,12 @@ class Inputs:
                 extra_texts=tuple(extra_texts),
                 task=task,
                 task_args=task_args,
+                indices=indices,
                 **self.norm,
             )
 
+        # Multi-host evaluation reads each host's rows only (evaluators.valid_chunks).
+        batches_fn.num_examples = len(src)
         info = dict(sources.dataset_info(spec, data_dir=self.data_dir))
         # What the examples hold, so evaluators can check what they need before training.
         info["fields"] = sorted(pipeline.source_fields(src))

@@ -69,6 +69,15 @@ CONFIG_SCHEMA = {
 }
 
 
+def _log_host_share(index, global_batch: int) -> None:
+    """Which examples this process read for its first batch (each host reads its own share)."""
+    index = np.asarray(index).reshape(-1)
+    logging.info(
+        "Data: process %d/%d read %d of the global batch's %d examples; source indices %s",
+        jax.process_index(), jax.process_count(), index.size, global_batch, index.tolist(),
+    )  # fmt: skip
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss or gradient."""
 
@@ -335,6 +344,8 @@ def train(
                 data_wait += time.perf_counter() - t_data
                 if on_batch is not None:
                     on_batch(step, local)
+                if step == start + 1 and "index" in local:
+                    _log_host_share(local["index"], config.batch_size)
                 # "index" is host-side bookkeeping (data order); the model never sees it.
                 batch = sharding.to_global_batch(
                     {k: v for k, v in local.items() if k != "index"}, s.mesh

@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from experiments.evaluators import host_rows
+
 EmbedFn = Callable[[np.ndarray], Any]
 PredictFns = Mapping[str, Callable[..., Any]]
 MakeData = Callable[[str, str], tuple[Callable[[], Iterator[Mapping[str, Any]]], Any]]
@@ -145,12 +147,27 @@ def valid_chunks(
     *,
     batch_size: int,
     max_examples: int | None = None,
+    host_keys: Sequence[str] = (),
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Re-batches the mask=True rows of `batches_fn()` into fixed-size chunks.
 
-    Yields ({key: [batch_size, ...]}, n_valid): only the last chunk has n_valid < batch_size (the
-    rest is zeros). Stops after `max_examples` valid rows, in iteration order.
+    Yields ({key: [batch_size, ...], "owned": bool [batch_size]}, n_valid): only the last
+    chunk has n_valid < batch_size (the rest is zeros). Stops after `max_examples` valid rows,
+    in iteration order. `keys` feed the predict functions; `host_keys` are also read on the
+    host (e.g. labels). Under multi-host evaluation (`host_rows.placement`, and data that says
+    its `num_examples`) each host decodes only the rows its devices hold: the other rows of
+    `keys` are zeros (`owned` False), `host_keys` are complete on every host.
     """
+    blocks = host_rows.row_blocks(batch_size)
+    total = getattr(batches_fn, "num_examples", None)
+    if blocks is not None and total is not None:
+        n = total if max_examples is None else min(total, max_examples)
+        yield from host_rows.host_chunks(
+            batches_fn, keys, batch_size=batch_size, num_examples=n, blocks=blocks,
+            host_keys=host_keys,
+        )  # fmt: skip
+        return
+    keys = list(dict.fromkeys([*keys, *host_keys]))
     buffers: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     buffered = taken = 0
 
@@ -160,6 +177,7 @@ def valid_chunks(
             joined = np.concatenate(buffers[k])
             out[k], rest = _pad_rows(joined[:n], batch_size), joined[n:]
             buffers[k] = [rest]
+        out["owned"] = np.arange(batch_size) < n
         return out
 
     for batch in batches_fn():

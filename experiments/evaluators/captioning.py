@@ -119,8 +119,10 @@ def generate_texts(
     *,
     keep_images: int = 0,
 ) -> tuple[list[str], np.ndarray | None]:
-    """Generates for every valid row in source order: (texts [n], first `keep_images` images)."""
-    texts, kept = [], []
+    """Generates for every valid row in source order: (texts [n], the first `keep_images`
+    images this host decoded, {row: image}; under multi-host evaluation only process 0's
+    rows, which the contact sheet uses)."""
+    texts, kept = [], {}
     for chunk, n in evaluators.valid_chunks(
         batches_fn,
         ("image", "prompt", "prompt_len"),
@@ -137,10 +139,11 @@ def generate_texts(
         tokens = np.asarray(out["tokens"])
         if tokens.ndim != 2 or tokens.shape[0] != data.batch_size:
             raise ValueError(f"generate returned tokens {tokens.shape} for {data.batch_size} rows")
+        for row in np.flatnonzero(chunk["owned"][:n]):
+            if len(kept) < keep_images:
+                kept[len(texts) + int(row)] = chunk["image"][row]
         texts.extend(data.decode_tokens(tokens[:n]))
-        if len(kept) < keep_images:
-            kept.extend(chunk["image"][: min(n, keep_images - len(kept))])
-    return texts, (np.stack(kept) if kept else None)
+    return texts, kept
 
 
 # ---------------------------------------------------------------- contact sheet
@@ -246,8 +249,8 @@ class CaptioningEvaluator:
         if num not in self._chance:
             self._chance[num] = best_constant(refs)
         self.last_samples = [
-            {"image": images[i], "generated": generated[i], "references": refs[i]}
-            for i in range(0 if images is None else len(images))
+            {"image": image, "generated": generated[i], "references": refs[i]}
+            for i, image in images.items()
         ]
         return {
             "cider": text_metrics.cider_d(generated, refs),

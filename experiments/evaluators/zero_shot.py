@@ -89,9 +89,10 @@ class ZeroShotEvaluator:
         image_emb, labels = [], []
         for chunk, n in evaluators.valid_chunks(
             self._batches_fn,
-            ("image", "label"),
+            ("image",),
             batch_size=self.batch_size,
             max_examples=self.max_examples,
+            host_keys=("label",),
         ):
             image_emb.append(evaluators.embed_chunk(embed_image, chunk["image"], n))
             labels.append(chunk["label"][:n])

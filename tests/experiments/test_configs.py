@@ -8,7 +8,7 @@ import os
 import jax
 import pytest
 
-from experiments import config_utils, inputs, run_meta, trainer
+from experiments import config_utils, inputs, run_meta, sweep_plan, trainer
 
 CONFIGS = sorted(
     p for p in glob.glob("experiments/configs/*/*.py") if not p.endswith("__init__.py")
@@ -64,20 +64,21 @@ def test_demo_configs_define_sweeps():
 
 @pytest.mark.parametrize("path", SWEEPS)
 def test_sweep_points_are_distinct_valid_models(path):
-    """Each point loads through the entry points' --config machinery (unknown fields fail),
-    differs from every other point, and builds a valid model (a bad value such as
-    model.loss="sigmod" fails here, not on a cluster)."""
-    points = _module(path).get_sweep()
-    assert len(points) >= 2
+    """Each point's command line loads through the entry points' --config machinery
+    (unknown fields fail), differs from every other point, and builds a valid model (a bad
+    value such as model.loss="sigmod" fails here, not on a cluster)."""
+    plan = sweep_plan.load_plan(path)
+    assert len(plan.points) >= 2
     seen = set()
-    for point in points:
-        config = config_utils.load_config(path, [f"{k}={v}" for k, v in point.items()])
+    for point in plan.points:
+        fields = [f.removeprefix("--config.") for f in point.flags]
+        config = config_utils.load_config(point.config_arg, fields)
         # The trainer's own checks and model build, shapes only (no data read, nothing
         # compiled): the objective completes its config from the data's planned shapes.
         s = trainer.setup(config, need_data=False)
         assert jax.tree.leaves(s.states.abstract)
         seen.add(json.dumps(run_meta.to_jsonable(config), sort_keys=True))
-    assert len(seen) == len(points)
+    assert len(seen) == len(plan.points)
 
 
 def test_arg_typo_is_rejected():

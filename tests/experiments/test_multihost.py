@@ -1,7 +1,9 @@
-"""Two JAX processes on 127.0.0.1 (gloo CPU collectives) train like one process."""
+"""Two JAX processes x 4 CPU devices on 127.0.0.1 (gloo collectives) train like one process
+with 8 devices, each process reading half of every global batch."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -63,12 +65,13 @@ def _env(devices):
 @pytest.mark.slow
 def test_two_processes_match_one(shapes_data_dir, tmp_path):
     one = tmp_path / "one"
-    subprocess.run(
+    single = subprocess.run(
         _args(shapes_data_dir, one),
         cwd=ROOT,
-        env=_env(4),
+        env=_env(8),
         check=True,
         capture_output=True,
+        text=True,
         timeout=900,
     )
     two = tmp_path / "two"
@@ -82,16 +85,30 @@ def test_two_processes_match_one(shapes_data_dir, tmp_path):
                 f"--process_id={i}",
             ],
             cwd=ROOT,
-            env=_env(2),
+            env=_env(4),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(2)
     ]
+    logs = []
     for p in procs:
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-3000:]
+        logs.append(err)
+    # Each process read its own half of the first global batch; together, the whole of it.
+    whole = _first_batch(single.stderr)
+    assert whole["process"] == (0, 1) and len(whole["indices"]) == 16
+    halves = [_first_batch(log) for log in logs]
+    assert [h["process"] for h in halves] == [(0, 2), (1, 2)]
+    assert all(len(h["indices"]) == 8 for h in halves)
+    assert not set(halves[0]["indices"]) & set(halves[1]["indices"])
+    assert sorted(halves[0]["indices"] + halves[1]["indices"]) == sorted(whole["indices"])
+    # Evaluation: each host decoded half of the 64 held-out examples (its devices' rows).
+    for i, log in enumerate(logs):
+        assert f"eval: process {i}/2 decodes 32 of 64 examples" in log, log[-3000:]
+    assert "decodes" not in single.stderr  # one host reads everything, as before
     # Same global batch, same init, same data: the parameters agree.
     a, step_a = checkpointing.load_params(str(one))
     b, step_b = checkpointing.load_params(str(two))
@@ -103,3 +120,13 @@ def test_two_processes_match_one(shapes_data_dir, tmp_path):
     rb = json.loads((two / "eval_results.json").read_text())["3"]
     assert ra["zero_shot"]["num_examples"] == rb["zero_shot"]["num_examples"] == 64
     assert ra["zero_shot"]["top1"] == pytest.approx(rb["zero_shot"]["top1"], abs=1 / 64)
+
+
+def _first_batch(log: str) -> dict:
+    """The trainer's log line about the first host batch: process, and its source indices."""
+    m = re.search(r"process (\d+)/(\d+) read .*source indices \[([\d, ]*)\]", log)
+    assert m, log[-3000:]
+    return {
+        "process": (int(m.group(1)), int(m.group(2))),
+        "indices": [int(i) for i in m.group(3).split(",") if i.strip()],
+    }

@@ -12,6 +12,7 @@ caption accuracy 83.4% (chance 50%). Exports with `--format hf` as a SiglipModel
 """
 
 from experiments import config_utils
+from experiments import sweep_grid as sg
 from experiments.configs import common
 
 
@@ -31,7 +32,11 @@ def get_config(arg=None):
 
 
 def get_sweep():
-    """Ablation grid: learning rate x bias init, as config overrides."""
-    return [
-        {"optim.lr": lr, "model.bias_init": b} for lr in (3e-4, 1e-3, 3e-3) for b in (-10.0, -5.0)
-    ]
+    """Learning rate x bias init of the sigmoid loss."""
+    return sg.Sweep(
+        grid=sg.product(
+            sg.values("optim.lr", [3e-4, 1e-3, 3e-3]),
+            sg.values("model.bias_init", [-10.0, -5.0]),
+        ),
+        metric="zero_shot/top1",
+    )

@@ -17,6 +17,7 @@ type, 41.9%).
 """
 
 from experiments import config_utils
+from experiments import sweep_grid as sg
 from experiments.configs import common
 
 
@@ -64,9 +65,11 @@ def get_config(arg=None):
 
 
 def get_sweep():
-    """Ablation grid: architecture x share of VQA examples in the mix."""
-    return [
-        {"model.architecture": arch, "data.mix": mix}
-        for arch in ("encoder_decoder", "decoder_only")
-        for mix in ((("vlax_shapes", 0.5, "prefix_lm"), ("vlax_shapes_vqa", 0.5, "vqa")),)
-    ]
+    """Ablation grid: architecture x learning rate, ranked by captioning CIDEr-D."""
+    return sg.Sweep(
+        grid=sg.product(
+            sg.values("model.architecture", ["encoder_decoder", "decoder_only"]),
+            sg.values("optim.lr", [1e-3, 3e-3]),
+        ),
+        metric="captioning/cider",
+    )
