@@ -82,14 +82,23 @@ def check_mixed_precision() -> dict:
     bad = [line for line in dots if "xbf16>, tensor" not in line or "xf32>" not in line]
     out = {
         "loss_rel": abs(float(got_loss) - float(ref_loss)) / abs(float(ref_loss)),
-        "grad_rel_max": max(
-            _rel(g, r)
-            for g, r in zip(jax.tree.leaves(got_grad), jax.tree.leaves(ref_grad), strict=True)
+        # Over the whole gradient (a per-leaf ratio blows up on leaves whose true gradient
+        # is ~0, e.g. the attention key bias).
+        "grad_rel": float(
+            np.sqrt(
+                sum(
+                    np.sum((np.asarray(g) - np.asarray(r)) ** 2)
+                    for g, r in zip(
+                        jax.tree.leaves(got_grad), jax.tree.leaves(ref_grad), strict=True
+                    )
+                )
+            )
+            / np.sqrt(sum(np.sum(np.asarray(r) ** 2) for r in jax.tree.leaves(ref_grad)))
         ),
         "dots": len(dots),
         "dots_not_bf16_in_f32_out": len(bad),
     }
-    assert out["loss_rel"] < 2e-2 and out["grad_rel_max"] < 1e-1 and not bad, out
+    assert out["loss_rel"] < 2e-2 and out["grad_rel"] < 5e-2 and not bad, out
     return out
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,8 +111,12 @@ def to_csv(table: list[dict], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+# Columns results.csv keeps but the markdown table leaves out (reference values, counts).
+_MD_HIDDEN = re.compile(r"(^|/)(chance_|num_examples$|distinct_captions$)|^(log|error)$")
+
+
 def to_markdown(table: list[dict], columns: Sequence[str]) -> str:
-    shown = [c for c in columns if c not in ("log", "error")]
+    shown = [c for c in columns if not _MD_HIDDEN.search(c)]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in table:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in shown) + " |")
@@ -147,10 +152,12 @@ def plot(table: list[dict], path: str, *, metric: str, x: str, others: Sequence[
         pts = sorted(pts, key=lambda p: p[0] if numeric else categories.index(str(p[0])))
         xs = [p[0] if numeric else categories.index(str(p[0])) for p in pts]
         ax.plot(xs, [p[1] for p in pts], marker="o", label=label)
-    if numeric and all(v > 0 for pts in lines.values() for v, _ in pts):
+    if numeric:
         values = sorted({v for pts in lines.values() for v, _ in pts})
-        if len(values) > 1 and values[-1] / values[0] >= 10:
+        if values[0] > 0 and len(values) > 1 and values[-1] / values[0] >= 3:
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(values, [f"{v:.3g}" for v in values])
     if not numeric:
         ax.set_xticks(range(len(categories)), categories)
     ax.set_xlabel(x)
