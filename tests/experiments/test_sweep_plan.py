@@ -140,3 +140,28 @@ def test_search_space_fields_are_checked(tmp_path):
     )
     with pytest.raises(sweep_plan.SweepError, match="lrx"):
         sweep_plan.load_plan(path)
+
+
+@pytest.mark.parametrize(
+    "launcher, job_file, needle",
+    [
+        ("slurm", "sweep_workers.sbatch", "#SBATCH --array=1-4"),
+        ("skypilot", "sweep_worker.yaml", "run: |"),
+    ],
+)
+def test_cluster_launchers_write_worker_jobs_and_say_how_to_submit(
+    tmp_path, monkeypatch, capsys, launcher, job_file, needle
+):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no sbatch / sky here
+    root = tmp_path / "root"
+    args = [
+        "--config=experiments/configs/clip/tiny.py",
+        f"--workdir={root}",
+        "--launcher",
+        launcher,
+    ]
+    assert sweep.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is not installed here" in err and job_file in err
+    text = (root / job_file).read_text()
+    assert needle in text and "experiments.sweep --worker" in text and "--max-points=1" in text
