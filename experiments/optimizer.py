@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments import global_norm
 from experiments.config_utils import ConfigError, check_keys
 
 # No decay on biases, norm scales, position embeddings, class tokens and loss temperatures.
@@ -127,10 +128,18 @@ def trainable_param_count(params: Any, patterns: Sequence[str] = ()) -> int:
     )
 
 
-def trainable_global_norm(tree: Any, patterns: Sequence[str] = ()) -> jax.Array:
-    """L2 norm over the leaves not matched by a freeze regex: the grad norm worth logging."""
-    leaves = [x for path, x in _flatten_with_paths(tree) if not _is_frozen(path, patterns)]
-    return optax.tree.norm(leaves)
+def trainable_leaves(tree: Any, patterns: Sequence[str] = ()) -> list[Any]:
+    """The (unboxed) leaves not matched by a freeze regex, in tree order."""
+    return [x for path, x in _flatten_with_paths(tree) if not _is_frozen(path, patterns)]
+
+
+def trainable_global_norm(tree: Any, patterns: Sequence[str] = (), layout: Any = None) -> jax.Array:
+    """L2 norm over the leaves not matched by a freeze regex: the grad norm worth logging.
+
+    `layout`: the abstract params with their shardings, so that like leaves are reduced
+    together without moving data (`experiments.global_norm`)."""
+    hint = None if layout is None else trainable_leaves(layout, patterns)
+    return global_norm.norm_of_leaves(trainable_leaves(tree, patterns), hint)
 
 
 def make_schedule(config: Any) -> optax.Schedule:
@@ -211,7 +220,8 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
     parts = []
     if get("grad_clip_norm"):
         # Inside the trainable branch: frozen leaves are masked out before the norm is taken.
-        parts.append(optax.clip_by_global_norm(float(get("grad_clip_norm"))))
+        layout = trainable_leaves(params, patterns)
+        parts.append(global_norm.clip_by_global_norm(float(get("grad_clip_norm")), layout))
     if name == "adamw":
         parts.append(
             optax.scale_by_adam(get("b1"), get("b2"), get("eps"), mu_dtype=get("mu_dtype"))

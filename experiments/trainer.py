@@ -37,6 +37,7 @@ from experiments import (
     config_utils,
     eval_runner,
     flops,
+    global_norm,
     inputs,
     run_meta,
     sharding,
@@ -122,11 +123,20 @@ def validate_config(config) -> None:
         raise config_utils.ConfigError(f"config.total_steps must be >= 1, got {config.total_steps}")
 
 
-def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int, microbatches: int = 1):
+def make_train_step(
+    model,
+    tx,
+    schedule,
+    freeze: tuple[str, ...],
+    seed: int,
+    microbatches: int = 1,
+    layout: Any = None,
+):
     """(state, batch) -> (state, metrics); pure, for jax.jit with donation.
 
     microbatches > 1: the gradient of the whole batch, accumulated exactly over that many
-    micro-batches (`experiments.accumulation`)."""
+    micro-batches (`experiments.accumulation`). `layout`: the abstract params with their
+    shardings, which groups the norms' reductions (`experiments.global_norm`)."""
     base_rng = jax.random.key(seed)
 
     def train_step(state, batch):
@@ -146,8 +156,8 @@ def make_train_step(model, tx, schedule, freeze: tuple[str, ...], seed: int, mic
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optimizer_lib.trainable_global_norm(grads, freeze),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": optimizer_lib.trainable_global_norm(grads, freeze, layout),
+            "param_norm": global_norm.global_norm(params, layout),
             "learning_rate": schedule(state["step"]),
         }
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
@@ -223,7 +233,7 @@ def setup(config, *, workdir: str | None = None, need_data: bool = True, devices
             model, dummy, boxed, params, tx, mesh, rules, init_config=init if load_init else None
         )
         step_fn = jax.jit(
-            make_train_step(model, tx, schedule, freeze, config.seed, microbatches),
+            make_train_step(model, tx, schedule, freeze, config.seed, microbatches, params),
             in_shardings=(states.shardings, sharding.batch_sharding(mesh)),
             out_shardings=(states.shardings, sharding.replicated(mesh)),
             donate_argnums=(0,),

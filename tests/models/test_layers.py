@@ -192,6 +192,24 @@ def test_activations():
         layers.activation_fn("relu6")
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_exact_gelu_matches_jax_gelu_forward_and_backward(dtype):
+    # The erf formula is a fast path for jax.nn.gelu(approximate=False): same values, same grads.
+    x = jnp.linspace(-10.0, 10.0, 4001, dtype=jnp.float32).astype(dtype)
+    ours, ref = layers.activation_fn("gelu"), lambda v: jax.nn.gelu(v, approximate=False)
+    assert ours(x).dtype == dtype
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(
+        ours(x).astype(jnp.float32), ref(x).astype(jnp.float32), atol=tol, rtol=tol
+    )
+
+    # Elementwise, so the gradient of the sum is the per-element derivative.
+    def grad(f):
+        return jax.grad(lambda v: jnp.sum(f(v).astype(jnp.float32)))(x).astype(jnp.float32)
+
+    np.testing.assert_allclose(grad(ours), grad(ref), atol=tol, rtol=tol)
+
+
 def test_sincos_2d_values():
     h, w, d = 3, 4, 16
     emb = np.asarray(layers.sincos_2d(h, w, d))

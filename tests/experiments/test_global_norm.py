@@ -1,0 +1,95 @@
+"""The grouped global norm equals optax's, reduces once per group and moves no sharded data."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from experiments import global_norm, optimizer, sharding
+
+_SHAPES = {"a": (64, 32), "b": (64, 32), "c": (64, 32), "d": (16,), "e": (16,), "f": (3, 5)}
+
+
+def _tree(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return {k: jnp.asarray(rng.normal(size=s).astype(dtype)) for k, s in _SHAPES.items()}
+
+
+def _collectives(compiled_text):
+    kinds = "all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter"
+    return set(re.findall(rf"\b({kinds})\b", compiled_text))
+
+
+def test_equals_optax_norm_in_float32_and_bfloat16():
+    tree = _tree()
+    np.testing.assert_allclose(global_norm.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+    mixed = {**tree, "a": tree["a"].astype(jnp.bfloat16), "d": tree["d"].astype(jnp.bfloat16)}
+    # bf16 leaves are squared in f32: compare with the f32 norm of the same (rounded) values.
+    as_f32 = jax.tree.map(lambda x: x.astype(jnp.float32), mixed)
+    np.testing.assert_allclose(global_norm.global_norm(mixed), optax.tree.norm(as_f32), rtol=1e-6)
+    assert float(global_norm.global_norm({})) == 0.0
+
+
+def test_one_reduction_per_group_of_like_leaves():
+    lowered = jax.jit(global_norm.global_norm).lower(_tree()).as_text()
+    # Groups: the three (64, 32), the two (16,), the one (3, 5).
+    assert lowered.count("stablehlo.reduce(") == 3
+    per_leaf = jax.jit(optax.tree.norm).lower(_tree()).as_text()
+    assert per_leaf.count("stablehlo.reduce(") == len(_SHAPES)
+
+
+def test_layout_keeps_differently_sharded_leaves_apart():
+    mesh = sharding.make_mesh([("fsdp", 8)])
+    rows, cols = NamedSharding(mesh, P("fsdp", None)), NamedSharding(mesh, P(None, "fsdp"))
+    specs = {"a": rows, "b": rows, "c": cols}
+    specs.update({k: NamedSharding(mesh, P()) for k in ("d", "e", "f")})
+    tree = {k: jax.device_put(v, specs[k]) for k, v in _tree().items()}
+    layout = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=specs[k]) for k, v in tree.items()}
+
+    with_layout = jax.jit(lambda t: global_norm.global_norm(t, layout)).lower(tree).compile()
+    # Only the partial sums cross devices; no sharded gradient is gathered or resharded.
+    assert _collectives(with_layout.as_text()) == {"all-reduce"}
+    np.testing.assert_allclose(with_layout(tree), optax.tree.norm(tree), rtol=1e-6)
+    # Without it, "c" (columns) is stacked with "a", "b" (rows) and has to be resharded.
+    blind = jax.jit(global_norm.global_norm).lower(tree).compile()
+    assert _collectives(blind.as_text()) - {"all-reduce"}
+    np.testing.assert_allclose(blind(tree), optax.tree.norm(tree), rtol=1e-6)
+
+
+def test_layout_must_describe_every_leaf():
+    with pytest.raises(ValueError, match="layout has 1 leaves for 2 arrays"):
+        global_norm.norm_of_leaves([jnp.ones(2), jnp.ones(3)], [None])
+
+
+def test_trainable_norm_with_freeze_patterns_and_layout():
+    grads = {"a": jnp.array([3.0, 4.0]), "frozen": {"w": jnp.array([100.0])}}
+    layout = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), grads)
+    for hint in (None, layout):
+        np.testing.assert_allclose(
+            optimizer.trainable_global_norm(grads, ("frozen/.*",), hint), 5.0, rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            optimizer.trainable_global_norm(grads, (), hint), np.sqrt(10025.0), rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+def test_clip_matches_optax_above_and_below_the_limit(max_norm):
+    updates = _tree()
+    ours = global_norm.clip_by_global_norm(max_norm)
+    ref = optax.clip_by_global_norm(max_norm)
+    got, _ = ours.update(updates, ours.init(updates))
+    want, _ = ref.update(updates, ref.init(updates))
+    for k in updates:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+    if max_norm > float(optax.tree.norm(updates)):
+        jax.tree.map(np.testing.assert_array_equal, got, updates)  # passed through exactly
+    else:
+        np.testing.assert_allclose(optax.tree.norm(got), max_norm, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        global_norm.clip_by_global_norm(0.0)
