@@ -122,7 +122,7 @@ def run_local(plan: sweep_plan.Plan, root: str, args) -> None:
         subprocess.Popen(
             worker_command(args, root),
             env=sweep_worker.child_env(),
-            preexec_fn=sweep_worker._die_with_parent,  # noqa: SLF001 - same package
+            preexec_fn=sweep_worker.die_with_parent,
         )
         for _ in range(args.workers)
     ]

@@ -33,7 +33,9 @@ POLL_S = 1.0
 RESULTS_FILE = "eval_results.json"  # experiments/eval_runner.py
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """A `preexec_fn` (runs in the child between fork and exec): the kernel kills the child
+    when the process that started it dies, so a killed sweep leaves no orphan trainers."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -171,7 +173,7 @@ def train_point(study, trial, point: sweep_plan.Point, root: str, plan: sweep_pl
         log.write(f"\n# sweep worker pid {os.getpid()}, trial {trial.number}: {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), preexec_fn=_die_with_parent
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), preexec_fn=die_with_parent
         )
         status = _watch(proc, study, trial, workdir, plan)
     wall = time.time() - start
