@@ -2,11 +2,11 @@
 
 `optax.tree.norm` reduces every leaf on its own: the grad-norm and param-norm metrics of a
 ViT-S/16 CLIP step add ~600 reductions to the HLO, which XLA:CPU compiles one by one (~1.5 s
-of an 8 s compile). Here leaves with the same shape, dtype and sharding are stacked and
-reduced together (a few dozen reductions). Stacking leaves that share a sharding moves no
-data between devices, so the grouping key includes the sharding when a `layout` (the
-abstract params with their mesh shardings) is given; without one, same-shaped leaves with
-different shardings would be resharded to be stacked (correct, just slower).
+of an 8 s compile). Here leaves with the same shape, dtype and sharding are grouped, and an
+unsharded group is reduced by one variadic reduce (a few dozen reductions in all). The
+grouping key includes the sharding when a `layout` (the abstract params with their mesh
+shardings) is given, so sharded leaves keep one reduction each and move no data between
+devices; without a layout, same-shaped sharded leaves may be gathered (correct, slower).
 """
 
 from collections.abc import Sequence
@@ -30,10 +30,27 @@ def norm_of_leaves(leaves: Sequence[jax.Array], layout: Sequence[Any] | None = N
         key = _group_key(leaf, None if layout is None else layout[i])
         groups.setdefault(key, []).append(leaf)
     total = jnp.zeros((), jnp.float32)
-    for members in groups.values():
-        stacked = jnp.stack(members) if len(members) > 1 else members[0]
-        total = total + jnp.sum(jnp.square(stacked.astype(jnp.float32)))
+    for (_, _, sharding), members in groups.items():
+        total = total + _sum_of_squares(members, _is_sharded(sharding))
     return jnp.sqrt(total)
+
+
+def _sum_of_squares(members: list[jax.Array], sharded: bool) -> jax.Array:
+    """Sum of squares over same-shaped arrays. Unsharded: one variadic reduce, a single op
+    that reads each array once. Sharded: XLA's partitioner all-gathers a variadic reduce's
+    operands, so each leaf gets its own reduction there. (Stacking the arrays first copied
+    every leaf and ran ~7x slower; adding the squares elementwise first compiled slower than
+    per-leaf reductions: both measured and dropped.)"""
+    squares = [jnp.square(m.astype(jnp.float32)) for m in members]
+    if sharded or len(squares) == 1:
+        return sum(jnp.sum(x) for x in squares)
+    zeros = [jnp.zeros((), jnp.float32)] * len(squares)
+    add = lambda xs, ys: [x + y for x, y in zip(xs, ys, strict=True)]  # noqa: E731
+    return sum(jax.lax.reduce(squares, zeros, add, tuple(range(squares[0].ndim))))
+
+
+def _is_sharded(sharding: Any) -> bool:
+    return sharding is not None and not sharding.is_fully_replicated
 
 
 def global_norm(tree: Any, layout: Any = None) -> jax.Array:
