@@ -10,7 +10,7 @@ devices; without a layout, same-shaped sharded leaves may be gathered (correct, 
 """
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +63,6 @@ def global_norm(tree: Any, layout: Any = None) -> jax.Array:
     return norm_of_leaves(leaves, None if layout is None else jax.tree.leaves(layout))
 
 
-class ClipState(NamedTuple):
-    """No state: the clip depends only on the current updates."""
-
-
 def clip_by_global_norm(max_norm: float, layout: Sequence[Any] | None = None):
     """optax.clip_by_global_norm with the grouped norm: scales updates by
     min(1, max_norm / norm). `layout`, when given, describes the updates' leaves in order
@@ -76,7 +72,7 @@ def clip_by_global_norm(max_norm: float, layout: Sequence[Any] | None = None):
 
     def init_fn(params):
         del params
-        return ClipState()
+        return optax.EmptyState()  # the clip depends only on the current updates
 
     def update_fn(updates, state, params=None):
         del params

@@ -55,7 +55,8 @@ def test_layout_keeps_differently_sharded_leaves_apart():
     # Only the partial sums cross devices; no sharded gradient is gathered or resharded.
     assert _collectives(with_layout.as_text()) == {"all-reduce"}
     np.testing.assert_allclose(with_layout(tree), optax.tree.norm(tree), rtol=1e-6)
-    # Without it, "c" (columns) is stacked with "a", "b" (rows) and has to be resharded.
+    # Without it, "c" (columns) is reduced together with "a", "b" (rows), which XLA can only do
+    # by moving sharded data.
     blind = jax.jit(global_norm.global_norm).lower(tree).compile()
     assert _collectives(blind.as_text()) - {"all-reduce"}
     np.testing.assert_allclose(blind(tree), optax.tree.norm(tree), rtol=1e-6)
