@@ -12,7 +12,16 @@ from jax.sharding import PartitionSpec as P
 
 from experiments import global_norm, optimizer, sharding
 
-_SHAPES = {"a": (64, 32), "b": (64, 32), "c": (64, 32), "d": (16,), "e": (16,), "f": (3, 5)}
+_SHAPES = {
+    "a": (64, 32),
+    "b": (64, 32),
+    "c": (64, 32),
+    "d": (16,),
+    "e": (16,),
+    "f": (3, 5),
+    "g": (4, 2, 8),
+    "h": (4, 2, 8),
+}
 
 
 def _tree(dtype=np.float32):
@@ -37,8 +46,8 @@ def test_equals_optax_norm_in_float32_and_bfloat16():
 
 def test_one_reduction_per_group_of_like_leaves():
     lowered = jax.jit(global_norm.global_norm).lower(_tree()).as_text()
-    # Groups: the three (64, 32), the two (16,), the one (3, 5).
-    assert lowered.count("stablehlo.reduce(") == 3
+    # Groups: the three (64, 32), the two (16,), the one (3, 5); rank-3 "g", "h" one each.
+    assert lowered.count("stablehlo.reduce(") == 5
     per_leaf = jax.jit(optax.tree.norm).lower(_tree()).as_text()
     assert per_leaf.count("stablehlo.reduce(") == len(_SHAPES)
 
@@ -47,7 +56,7 @@ def test_layout_keeps_differently_sharded_leaves_apart():
     mesh = sharding.make_mesh([("fsdp", 8)])
     rows, cols = NamedSharding(mesh, P("fsdp", None)), NamedSharding(mesh, P(None, "fsdp"))
     specs = {"a": rows, "b": rows, "c": cols}
-    specs.update({k: NamedSharding(mesh, P()) for k in ("d", "e", "f")})
+    specs.update({k: NamedSharding(mesh, P()) for k in ("d", "e", "f", "g", "h")})
     tree = {k: jax.device_put(v, specs[k]) for k, v in _tree().items()}
     layout = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=specs[k]) for k, v in tree.items()}
 
