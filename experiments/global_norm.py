@@ -35,26 +35,25 @@ def norm_of_leaves(leaves: Sequence[jax.Array], layout: Sequence[Any] | None = N
     if layout is not None and len(layout) != len(leaves):
         raise ValueError(f"layout has {len(layout)} leaves for {len(leaves)} arrays")
     groups: dict[tuple, list[jax.Array]] = {}
-    total = jnp.zeros((), jnp.float32)
     for i, leaf in enumerate(leaves):
-        if leaf.ndim > _MAX_GROUPED_RANK:
-            total = total + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-            continue
         key = _group_key(leaf, None if layout is None else layout[i])
         groups.setdefault(key, []).append(leaf)
-    for (_, _, sharding), members in groups.items():
-        total = total + _sum_of_squares(members, _is_sharded(sharding))
+    total = jnp.zeros((), jnp.float32)
+    for (shape, _, sharding), members in groups.items():
+        per_leaf = _is_sharded(sharding) or len(shape) > _MAX_GROUPED_RANK
+        total = total + _sum_of_squares(members, per_leaf)
     return jnp.sqrt(total)
 
 
-def _sum_of_squares(members: list[jax.Array], sharded: bool) -> jax.Array:
-    """Sum of squares over same-shaped arrays. Unsharded: one variadic reduce, a single op
-    that reads each array once. Sharded: XLA's partitioner all-gathers a variadic reduce's
-    operands, so each leaf gets its own reduction there. (Stacking the arrays first copied
-    every leaf and ran ~7x slower; adding the squares elementwise first compiled slower than
-    per-leaf reductions: both measured and dropped.)"""
+def _sum_of_squares(members: list[jax.Array], per_leaf: bool) -> jax.Array:
+    """Sum of squares over same-shaped arrays: one variadic reduce, a single op that reads
+    each array once, unless `per_leaf` (sharded groups: XLA's partitioner all-gathers a
+    variadic reduce's operands; rank-3+ groups: it copies them to one layout), which gives
+    each leaf its own reduction. (Stacking the arrays first copied every leaf and ran ~7x
+    slower; adding the squares elementwise first compiled slower than per-leaf reductions:
+    both measured and dropped.)"""
     squares = [jnp.square(m.astype(jnp.float32)) for m in members]
-    if sharded or len(squares) == 1:
+    if per_leaf or len(squares) == 1:
         return sum(jnp.sum(x) for x in squares)
     zeros = [jnp.zeros((), jnp.float32)] * len(squares)
     add = lambda xs, ys: [x + y for x, y in zip(xs, ys, strict=True)]  # noqa: E731
