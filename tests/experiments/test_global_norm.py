@@ -1,4 +1,4 @@
-"""The grouped global norm equals optax's, reduces once per group and moves no sharded data."""
+"""The global norm equals optax's, reduces small leaves together and moves no sharded data."""
 
 import re
 
@@ -44,15 +44,22 @@ def test_equals_optax_norm_in_float32_and_bfloat16():
     assert float(global_norm.global_norm({})) == 0.0
 
 
-def test_one_reduction_per_group_of_like_leaves():
+def test_small_leaves_share_one_reduction_and_large_ones_are_not_copied():
     lowered = jax.jit(global_norm.global_norm).lower(_tree()).as_text()
-    # Groups: the three (64, 32), the two (16,), the one (3, 5); rank-3 "g", "h" one each.
-    assert lowered.count("stablehlo.reduce(") == 5
+    # All of _SHAPES is small: one reduction of the raveled vector, one sum of the partials.
+    assert lowered.count("stablehlo.reduce(") == 2
     per_leaf = jax.jit(optax.tree.norm).lower(_tree()).as_text()
     assert per_leaf.count("stablehlo.reduce(") == len(_SHAPES)
 
+    big = (global_norm.SMALL_LEAF_SIZE + 1,)
+    tree = {**_tree(), "big1": jnp.ones(big), "big2": jnp.full(big, 2.0)}
+    compiled = jax.jit(global_norm.global_norm).lower(tree).compile()
+    np.testing.assert_allclose(compiled(tree), optax.tree.norm(tree), rtol=1e-6)
+    # Large leaves are reduced where they lie: no temporary as large as one of them.
+    assert compiled.memory_analysis().temp_size_in_bytes < 4 * big[0]
 
-def test_layout_keeps_differently_sharded_leaves_apart():
+
+def test_layout_keeps_sharded_leaves_where_they_lie():
     mesh = sharding.make_mesh([("fsdp", 8)])
     rows, cols = NamedSharding(mesh, P("fsdp", None)), NamedSharding(mesh, P(None, "fsdp"))
     specs = {"a": rows, "b": rows, "c": cols}
@@ -64,8 +71,8 @@ def test_layout_keeps_differently_sharded_leaves_apart():
     # Only the partial sums cross devices; no sharded gradient is gathered or resharded.
     assert _collectives(with_layout.as_text()) == {"all-reduce"}
     np.testing.assert_allclose(with_layout(tree), optax.tree.norm(tree), rtol=1e-6)
-    # Without it, "c" (columns) is reduced together with "a", "b" (rows), which XLA can only do
-    # by moving sharded data.
+    # Without it, the small sharded "a", "b", "c" are raveled into the shared vector with the
+    # replicated leaves, which XLA can only do by moving sharded data.
     blind = jax.jit(global_norm.global_norm).lower(tree).compile()
     assert _collectives(blind.as_text()) - {"all-reduce"}
     np.testing.assert_allclose(blind(tree), optax.tree.norm(tree), rtol=1e-6)
