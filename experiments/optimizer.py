@@ -173,6 +173,18 @@ def make_schedule(config: Any) -> optax.Schedule:
     return schedule
 
 
+def _constant_lr(config: Any) -> float | None:
+    """The learning rate when the schedule is a constant (no warmup), else None.
+
+    optax then scales by a plain number instead of evaluating the schedule on a step count
+    that it keeps in the optimizer state; XLA copies that scalar computation into every
+    parameter's update fusion (~2,300 of a ViT-S/16 CLIP step's 38,000 HLO instructions)."""
+    warmup = int(config.get("warmup_steps", 0) or 0)
+    if config.get("schedule", "cosine") == "constant" and warmup == 0:
+        return float(config["lr"])
+    return None
+
+
 def _keep_fixed() -> optax.GradientTransformation:
     """optax.set_to_zero, but with -0.0 updates: p + (-0.0) == p bit-for-bit for every p
     (p + 0.0 would turn a -0.0 parameter into +0.0). Stateless, so frozen params cost no
@@ -231,7 +243,8 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
     if get("weight_decay"):
         # Before the lr scaling, as in optax.adamw: the decay follows the schedule.
         parts.append(optax.add_decayed_weights(float(get("weight_decay")), mask=decay_mask))
-    parts.append(optax.scale_by_learning_rate(schedule))
+    constant_lr = _constant_lr(config)
+    parts.append(optax.scale_by_learning_rate(schedule if constant_lr is None else constant_lr))
     tx = optax.chain(*parts)
 
     if patterns:

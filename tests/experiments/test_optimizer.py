@@ -93,6 +93,29 @@ def test_adamw_weight_decay_only_where_not_excluded():
         np.testing.assert_allclose(n, expected, rtol=1e-6, atol=1e-6, err_msg=path)
 
 
+def test_constant_schedule_scales_by_a_number():
+    """A constant lr without warmup is a plain number to optax (no schedule count in the
+    state, nothing to evaluate per step) and updates exactly like the scheduled form."""
+    params = _params()
+    grads = jax.tree.map(lambda p: 0.5 * np.sign(p) + 0.1 * p, params)
+    constant, _ = optimizer.make_optimizer(_config(schedule="constant", weight_decay=0.1), params)
+    scheduled, _ = optimizer.make_optimizer(
+        _config(schedule="linear", end_lr_factor=1.0, weight_decay=0.1), params
+    )
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    counts = lambda tx: [  # noqa: E731
+        s for s in jax.tree.leaves(tx.init(params), is_leaf=is_schedule) if is_schedule(s)
+    ]
+    assert not counts(constant) and len(counts(scheduled)) == 1
+    a, b = (params, None), (params, None)
+    for _ in range(3):
+        a, b = _step(constant, a[0], grads, a[1]), _step(scheduled, b[0], grads, b[1])
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), a[0], b[0])
+    # With a warmup the schedule stays a schedule.
+    warm, _ = optimizer.make_optimizer(_config(schedule="constant", warmup_steps=5), params)
+    assert len(counts(warm)) == 1
+
+
 def test_sgd_weight_decay_and_custom_exclude():
     params = _params()
     grads = jax.tree.map(np.ones_like, params)
