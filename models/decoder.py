@@ -78,6 +78,7 @@ class Decoder(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
+    jit_blocks: bool = True  # trace one block for every layer (layers.repeated_block)
     dtype: Any = jnp.float32  # activations (models/precision.py)
     matmul_dtype: Any = None  # matmul inputs (None: dtype), float32 accumulation
     attn_implementation: str | None = None
@@ -266,13 +267,16 @@ class Decoder(nn.Module):
         depth = cfg["depth"]
         if cache is not None and cache["k"].shape[1] != depth:
             raise ValueError(f"The cache has {cache['k'].shape[1]} layers, the decoder {depth}.")
-        block_cls = DecoderBlock
-        policy = layers.remat_policy(self.remat_policy)
-        if self.remat:
-            # argnum 4 = `deterministic` (self is 0); static so dropout can branch on it.
-            block_cls = nn.remat(
-                DecoderBlock, static_argnums=(4,), prevent_cse=not self.scan, policy=policy
-            )
+        # argnum 4 = `deterministic` (self is 0): static so dropout can branch on it.
+        block_cls = layers.repeated_block(
+            DecoderBlock,
+            deterministic_argnum=4,
+            remat=self.remat,
+            policy_name=self.remat_policy,
+            scan=self.scan,
+            # Init traces every layer: its random draws then equal the plain stack's.
+            jit_blocks=self.jit_blocks and not self.is_initializing(),
+        )
         kwargs = dict(
             num_heads=cfg["num_heads"],
             num_kv_heads=cfg["num_kv_heads"],

@@ -38,6 +38,38 @@ def remat_policy(name: str):
     return REMAT_POLICIES[name]
 
 
+def repeated_block(
+    block_cls: type[nn.Module],
+    *,
+    deterministic_argnum: int,
+    remat: bool,
+    policy_name: str,
+    scan: bool,
+    jit_blocks: bool,
+) -> type[nn.Module]:
+    """The block class a layer stack instantiates once per layer, with its transforms.
+
+    `remat`: recompute each block's activations in the backward pass (`policy_name` says
+    what it keeps). `jit_blocks` (unscanned stacks): wrap the block in `nn.jit`, so JAX
+    traces one block and reuses the trace for every layer of the same configuration
+    (flax's trace cache ignores a module's name and parent). The program XLA compiles is
+    the same (the calls are inlined); tracing and lowering a ViT-S/16 CLIP train step took
+    1.2 s instead of 1.9-2.3 s. A scanned stack traces one block anyway.
+    `deterministic_argnum` (self is 0) is the block's static `deterministic` argument.
+    """
+    policy = remat_policy(policy_name)
+    if remat:
+        block_cls = nn.remat(
+            block_cls,
+            static_argnums=(deterministic_argnum,),
+            prevent_cse=not scan,
+            policy=policy,
+        )
+    if jit_blocks and not scan:
+        block_cls = nn.jit(block_cls, static_argnums=(deterministic_argnum,))
+    return block_cls
+
+
 Array = jax.Array
 Dtype = Any
 
@@ -240,7 +272,8 @@ class Encoder(nn.Module):
     Parameters: unscanned, blocks are "block_0" ... "block_{depth-1}"; with `scan=True`
     one "blocks" subtree holds every leaf stacked along a leading `layers` axis (stack
     the per-layer leaves along axis 0 to convert). `remat` recomputes each block's
-    activations in the backward pass. Final norm: "encoder_norm".
+    activations in the backward pass; `jit_blocks` traces one block for every layer (see
+    `repeated_block`). Final norm: "encoder_norm".
     """
 
     depth: int
@@ -252,6 +285,7 @@ class Encoder(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "full"
+    jit_blocks: bool = True  # trace one block for all layers (`repeated_block`)
     final_norm: bool = True
     post_norm: bool = False
     norm_eps: float = 1e-6
@@ -272,13 +306,16 @@ class Encoder(nn.Module):
             raise ValueError(
                 "post_norm=True blocks end in a LayerNorm already: set final_norm=False."
             )
-        block_cls = EncoderBlock
-        policy = remat_policy(self.remat_policy)
-        if self.remat:
-            # argnum 3 = `deterministic` (self is 0); static so dropout can branch on it.
-            block_cls = nn.remat(
-                EncoderBlock, static_argnums=(3,), prevent_cse=not self.scan, policy=policy
-            )
+        # argnum 3 = `deterministic` (self is 0): static so dropout can branch on it.
+        block_cls = repeated_block(
+            EncoderBlock,
+            deterministic_argnum=3,
+            remat=self.remat,
+            policy_name=self.remat_policy,
+            scan=self.scan,
+            # Init traces every layer: its random draws then equal the plain stack's.
+            jit_blocks=self.jit_blocks and not self.is_initializing(),
+        )
         kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,

@@ -39,6 +39,7 @@ class Tower(nn.Module):
     scan: bool = False
     remat: bool = False
     remat_policy: str = "full"  # with remat: what each block keeps (layers.REMAT_POLICIES)
+    jit_blocks: bool = True  # trace one block for every layer (layers.repeated_block)
     dtype: Any = jnp.float32  # activations (models/precision.py)
     matmul_dtype: Any = None  # matmul inputs (None: dtype), float32 accumulation
     attn_implementation: str | None = None
@@ -68,6 +69,7 @@ class Tower(nn.Module):
             scan=self.scan,
             remat=self.remat,
             remat_policy=self.remat_policy,
+            jit_blocks=self.jit_blocks,
             final_norm=self.final_norm,
             post_norm=post_norm,
             norm_eps=self.norm_eps,

@@ -306,6 +306,44 @@ def test_remat_encoder_matches_plain(encoder_inputs, encoder_reference, policy):
     assert f"policy={want!r}" in jaxpr if want is not None else "policy=None" in jaxpr
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_jit_blocks_trace_one_block_and_compute_the_same(encoder_inputs, remat):
+    """The shared block trace (the default) against per-layer tracing: one traced block call
+    instead of one per layer, the same initial parameters (init traces every layer), and the
+    same outputs and gradients from the same parameters. (Dropout masks differ: flax derives
+    a jitted block's RNGs by another route; each layer still draws its own.)"""
+    x, mask, _ = encoder_inputs
+    params = random_params(encoder(depth=3, jit_blocks=False), x, mask)["params"]
+    results, traces, inits = {}, {}, {}
+    for jit_blocks in (False, True):
+        model = encoder(depth=3, dropout=0.3, remat=remat, jit_blocks=jit_blocks)
+        calls = []
+
+        def count_blocks(next_fun, args, kwargs, context, calls=calls):
+            # The block's own body (transform wrappers show up as other methods).
+            if isinstance(context.module, layers.EncoderBlock) and (
+                context.method_name == "__call__"
+            ):
+                calls.append(context.module.name)
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(count_blocks):
+            results[jit_blocks] = forward_and_grads(model, params, x, mask)
+        traces[jit_blocks] = len(calls)
+        inits[jit_blocks] = nn.meta.unbox(model.init(jax.random.key(1), x, mask)["params"])
+        # Dropout is on in training: another key, another output.
+        train = lambda key, model=model: model.apply(  # noqa: E731
+            {"params": params}, x, mask, train=True, rngs={"dropout": jax.random.key(key)}
+        )[0]
+        assert not np.allclose(train(1), train(2), atol=1e-3)
+    assert traces == {False: 3, True: 1}
+    jax.tree.map(np.testing.assert_array_equal, inits[True], inits[False])
+    y_ref, grads_ref = results[False]
+    y, grads = results[True]
+    np.testing.assert_allclose(y, y_ref, atol=1e-6)
+    assert_trees_close(grads, grads_ref, atol=1e-6)
+
+
 def test_unknown_remat_policy_is_named(encoder_inputs):
     x, mask, params = encoder_inputs
     with pytest.raises(ValueError, match=r"Unknown remat_policy 'dots'.*'save_dots'"):
