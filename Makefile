@@ -17,6 +17,7 @@ $(STAMP): requirements.txt requirements-torch.txt requirements-dev.txt requireme
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	third_party/tcmalloc/install.sh $(PY)
 	touch $(STAMP)
 
 $(SKY_STAMP): requirements-launch.txt

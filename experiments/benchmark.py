@@ -16,6 +16,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from experiments import host_memory  # noqa: E402
+
+if __name__ == "__main__":  # before JAX starts; may re-execute with tcmalloc preloaded
+    host_memory.use_fast_allocator()
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from data import tokenizer as tokenizer_lib
-from experiments import flops, sharding, trainer
+from experiments import flops, host_memory, sharding, trainer
 
 
 def synthetic_batch(layout: dict, vocab_size: int, seed: int = 0) -> dict:
@@ -93,6 +93,7 @@ def benchmark(config, *, steps: int = 5, warmup: int = 2) -> dict:
         "mfu": round(figures["mfu"], 4) if peak else None,
         "step_memory_bytes_per_device": device_bytes,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "host_allocator": host_memory.active_allocator(),
         "loss": losses[-1],
         "loss_first": losses[0],
     }

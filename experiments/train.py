@@ -11,6 +11,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from experiments import host_memory  # noqa: E402
+
+if __name__ == "__main__":  # before JAX starts; may re-execute with tcmalloc preloaded
+    host_memory.use_fast_allocator()
+
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
