@@ -3,7 +3,8 @@ step at the harness's shapes, built through the project's config API and timed o
 trainer's own jitted step (its sharding, donation and AdamW).
 
     python3 ../shared/peers/run_all.py --peers open_clip ... \
-        --peer "vlax=$PWD/.venv/bin/python $PWD/experiments/peer_bench.py [--precision bf16]"
+        --peer "vlax=$PWD/.venv/bin/python $PWD/experiments/peer_bench.py [--precision bf16] \
+            [--layers unrolled]"
     python experiments/peer_bench.py --shape s16 --loss clip --steps 2 --warmup 1 \
         --spec-json "$(python -c 'import sys; sys.path.insert(0, "../shared/peers"); \
             import shapes, json; print(json.dumps(shapes.get_spec("s16")))')"
@@ -13,7 +14,8 @@ it); the towers match the harness: class-token image pooling, a bidirectional te
 pooled at its last token, learned positions, AdamW with a constant learning rate and no
 clipping. `--precision bf16` is config.precision="bf16_mixed" (bf16 matmul inputs, float32
 accumulation, activations, parameters, optimizer state and loss); `bf16_act` adds bf16
-activations.
+activations. `--layers scan` (default) or `unrolled`: see LAYERS. The process runs with the
+entry points' host allocator (experiments/host_memory.py: tcmalloc when installed).
 """
 
 import argparse
@@ -30,9 +32,15 @@ RESULT_TAG = "BENCH_RESULT "
 LOSSES = {"clip": ("softmax", 1 / 0.07, None), "siglip": ("sigmoid", 10.0, -10.0)}
 # --precision -> config.precision (models/precision.py)
 PRECISIONS = {"fp32": "fp32", "bf16": "bf16_mixed", "bf16_act": "bf16_act"}
+# --layers: "scan" stacks each tower's blocks and loops over them (one traced block: the
+# step compiles in about half the time, and runs ~4-10% slower on CPU); "unrolled" traces
+# every block (models/layers.py Encoder.scan).
+LAYERS = ("scan", "unrolled")
 
 
-def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
+def peer_config(
+    spec: dict, loss: str, *, steps: int, precision: str = "fp32", layers: str = "scan"
+):
     """A vlax contrastive config with exactly the harness's shapes and optimizer."""
     from experiments.configs import common
 
@@ -40,6 +48,8 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
         raise ValueError(f"--loss must be one of {sorted(LOSSES)}, got {loss!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if layers not in LAYERS:
+        raise ValueError(f"--layers must be one of {LAYERS}, got {layers!r}")
     kind, temperature, bias = LOSSES[loss]
     im, tx, opt = spec["image"], spec["text"], spec["optimizer"]
     config = common.base(total_steps=steps, batch_size=spec["batch"])
@@ -55,6 +65,7 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
             pool_type="cls",
             posemb="learn",
             num_classes=spec["embed_dim"],
+            scan=layers == "scan",
         ),
         text=dict(
             width=tx["width"],
@@ -66,6 +77,7 @@ def peer_config(spec: dict, loss: str, *, steps: int, precision: str = "fp32"):
             causal=False,
             pool_type="last",
             num_classes=spec["embed_dim"],
+            scan=layers == "scan",
         ),
         loss=kind,
         loss_impl="sharded",
@@ -94,6 +106,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)  # XLA:CPU uses every core it is given
     p.add_argument("--spec-json", required=True, help="the harness's shapes.get_spec(shape)")
     p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    p.add_argument("--layers", default="scan", choices=LAYERS)
     args = p.parse_args(argv)
     spec = json.loads(args.spec_json)
 
@@ -102,12 +115,20 @@ def main(argv=None) -> None:
     from experiments import step_timing
 
     config = peer_config(
-        spec, args.loss, steps=args.warmup + args.steps + 1, precision=args.precision
+        spec,
+        args.loss,
+        steps=args.warmup + args.steps + 1,
+        precision=args.precision,
+        layers=args.layers,
     )
     out = step_timing.benchmark(config, steps=args.steps, warmup=args.warmup)
     result = {
         "kind": "step",
-        "peer": "vlax" if args.precision == "fp32" else f"vlax-{args.precision}",
+        "peer": "-".join(
+            ["vlax"]
+            + ([args.precision] if args.precision != "fp32" else [])
+            + ([args.layers] if args.layers != "scan" else [])
+        ),
         "shape": spec.get("name", args.shape),
         "loss_name": args.loss,
         "batch": spec["batch"],
@@ -125,8 +146,14 @@ def main(argv=None) -> None:
         "vlax_flops_per_step": out["flops_per_step"],
         "mfu_vlax": out["mfu"],
         "step_memory_bytes_per_device": out["step_memory_bytes_per_device"],
-        "config": {"precision": args.precision, "image_pool": "cls", "text_pool": "last"},
+        "config": {
+            "precision": args.precision,
+            "layers": args.layers,
+            "image_pool": "cls",
+            "text_pool": "last",
+        },
         "device": str(jax.devices()[0]),
+        "host_allocator": out["host_allocator"],
     }
     print(RESULT_TAG + json.dumps(result), flush=True)
 
@@ -144,4 +171,7 @@ def _harness_flops(spec: dict) -> float:
 
 
 if __name__ == "__main__":
+    from experiments import host_memory
+
+    host_memory.use_fast_allocator()  # before JAX starts; may re-execute with tcmalloc
     main()

@@ -28,8 +28,15 @@ PROTOCOL_KEYS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("loss, precision", [("clip", "fp32"), ("siglip", "bf16")])
-def test_child_prints_one_protocol_line(capsys, loss, precision):
+@pytest.mark.parametrize(
+    "loss, precision, layers, peer",
+    [
+        ("clip", "fp32", "scan", "vlax"),
+        ("siglip", "bf16", "scan", "vlax-bf16"),
+        ("clip", "fp32", "unrolled", "vlax-unrolled"),
+    ],
+)
+def test_child_prints_one_protocol_line(capsys, loss, precision, layers, peer):
     peer_bench.main(
         [
             "--shape=tiny",
@@ -37,6 +44,7 @@ def test_child_prints_one_protocol_line(capsys, loss, precision):
             "--steps=2",
             "--warmup=1",
             f"--precision={precision}",
+            f"--layers={layers}",
             "--spec-json=" + json.dumps(TINY_SPEC),
         ]
     )
@@ -46,7 +54,7 @@ def test_child_prints_one_protocol_line(capsys, loss, precision):
     assert set(result) >= PROTOCOL_KEYS
     assert result["kind"] == "step" and result["shape"] == "tiny" and result["batch"] == 8
     assert result["loss_name"] == loss and len(result["step_times_s"]) == 2
-    assert result["peer"] == ("vlax" if precision == "fp32" else "vlax-bf16")
+    assert result["peer"] == peer and result["config"]["layers"] == layers
     assert result["flops_per_step"] > 0 and result["step_median_s"] > 0
 
 
@@ -62,8 +70,13 @@ def test_config_has_the_harness_shapes_and_optimizer():
         -10.0,
     )
     assert config.optim.schedule == "constant" and not config.optim.grad_clip_norm
+    assert image.scan and text.scan  # the default layer layout; "unrolled" turns it off
+    unrolled = peer_bench.peer_config(TINY_SPEC, "clip", steps=3, layers="unrolled").model
+    assert not unrolled.image.scan and not unrolled.text.scan
     assert (config.optim.b2, config.optim.eps, config.optim.warmup_steps) == (0.999, 1e-8, 0)
     with pytest.raises(
         ValueError, match=r"--precision must be one of \[.bf16., .bf16_act., .fp32.\]"
     ):
         peer_bench.peer_config(TINY_SPEC, "clip", steps=3, precision="fp16")
+    with pytest.raises(ValueError, match="--layers must be one of"):
+        peer_bench.peer_config(TINY_SPEC, "clip", steps=3, layers="rolled")
