@@ -268,15 +268,7 @@ class Decoder(nn.Module):
         if cache is not None and cache["k"].shape[1] != depth:
             raise ValueError(f"The cache has {cache['k'].shape[1]} layers, the decoder {depth}.")
         # argnum 4 = `deterministic` (self is 0): static so dropout can branch on it.
-        block_cls = layers.repeated_block(
-            DecoderBlock,
-            deterministic_argnum=4,
-            remat=self.remat,
-            policy_name=self.remat_policy,
-            scan=self.scan,
-            # Init traces every layer: its random draws then equal the plain stack's.
-            jit_blocks=self.jit_blocks and not self.is_initializing(),
-        )
+        block_cls = layers.repeated_block(DecoderBlock, self, deterministic_argnum=4)
         kwargs = dict(
             num_heads=cfg["num_heads"],
             num_kv_heads=cfg["num_kv_heads"],

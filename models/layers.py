@@ -39,33 +39,30 @@ def remat_policy(name: str):
 
 
 def repeated_block(
-    block_cls: type[nn.Module],
-    *,
-    deterministic_argnum: int,
-    remat: bool,
-    policy_name: str,
-    scan: bool,
-    jit_blocks: bool,
+    block_cls: type[nn.Module], stack: nn.Module, *, deterministic_argnum: int
 ) -> type[nn.Module]:
-    """The block class a layer stack instantiates once per layer, with its transforms.
+    """The block class a layer stack instantiates once per layer, with the transforms its
+    fields ask for (`stack.remat`, `.remat_policy`, `.scan`, `.jit_blocks`).
 
-    `remat`: recompute each block's activations in the backward pass (`policy_name` says
+    `remat`: recompute each block's activations in the backward pass (`remat_policy` says
     what it keeps). `jit_blocks` (unscanned stacks): wrap the block in `nn.jit`, so JAX
     traces one block and reuses the trace for every layer of the same configuration
     (flax's trace cache ignores a module's name and parent). The program XLA compiles is
     the same (the calls are inlined); tracing and lowering a ViT-S/16 CLIP train step took
-    1.2 s instead of 1.9-2.3 s. A scanned stack traces one block anyway.
-    `deterministic_argnum` (self is 0) is the block's static `deterministic` argument.
+    1.2 s instead of 1.9-2.3 s. A scanned stack traces one block anyway, and init traces
+    every layer, so the initial parameters equal the plain stack's (nn.jit would derive the
+    blocks' RNGs by another route). `deterministic_argnum` (self is 0) is the block's
+    static `deterministic` argument.
     """
-    policy = remat_policy(policy_name)
-    if remat:
+    policy = remat_policy(stack.remat_policy)
+    if stack.remat:
         block_cls = nn.remat(
             block_cls,
             static_argnums=(deterministic_argnum,),
-            prevent_cse=not scan,
+            prevent_cse=not stack.scan,
             policy=policy,
         )
-    if jit_blocks and not scan:
+    if stack.jit_blocks and not stack.scan and not stack.is_initializing():
         block_cls = nn.jit(block_cls, static_argnums=(deterministic_argnum,))
     return block_cls
 
@@ -307,15 +304,7 @@ class Encoder(nn.Module):
                 "post_norm=True blocks end in a LayerNorm already: set final_norm=False."
             )
         # argnum 3 = `deterministic` (self is 0): static so dropout can branch on it.
-        block_cls = repeated_block(
-            EncoderBlock,
-            deterministic_argnum=3,
-            remat=self.remat,
-            policy_name=self.remat_policy,
-            scan=self.scan,
-            # Init traces every layer: its random draws then equal the plain stack's.
-            jit_blocks=self.jit_blocks and not self.is_initializing(),
-        )
+        block_cls = repeated_block(EncoderBlock, self, deterministic_argnum=3)
         kwargs = dict(
             num_heads=self.num_heads,
             mlp_dim=self.mlp_dim,
