@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from experiments import host_memory  # noqa: E402
+from experiments.training import host_memory  # noqa: E402
 
 if __name__ == "__main__":  # before JAX starts; may re-execute with tcmalloc preloaded
     host_memory.use_fast_allocator()
@@ -28,7 +28,7 @@ from clu import metric_writers  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import checkpointing, eval_runner, run_meta, summary, trainer  # noqa: E402
+from experiments.training import checkpointing, eval_runner, run_meta, summary, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose evals to run (--hf).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir to evaluate.")
@@ -39,9 +39,9 @@ _OUT = flags.DEFINE_string("out", None, "Where eval_results.json goes.")
 
 def hf_config(config: ml_collections.ConfigDict, hf_dir: str) -> ml_collections.ConfigDict:
     """`config` with its towers, image size and tokenizer taken from a transformers dir."""
-    from experiments.export import hf_export
+    from experiments.interop import hf_import
 
-    model_config, _, image_size = hf_export.read(hf_dir, params=False)
+    model_config, _, image_size = hf_import.read_two_tower(hf_dir, params=False)
     config = ml_collections.ConfigDict(config.to_dict())
     for key in ("image", "text", "loss"):
         config.model[key] = model_config[key]
@@ -95,7 +95,7 @@ def main(argv):
     else:
         if _CONFIG.value is None:
             raise app.UsageError("--hf needs --config (whose evaluators and data to use).")
-        from experiments.export import hf_import
+        from experiments.interop import hf_import
 
         config = hf_config(_CONFIG.value, _HF.value)
         params = hf_import.load_params(_HF.value)

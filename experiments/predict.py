@@ -22,7 +22,7 @@ from absl import app, flags  # noqa: E402
 
 import objectives  # noqa: E402
 from data import preprocess, user_pairs  # noqa: E402
-from experiments import checkpointing, inputs, run_meta  # noqa: E402
+from experiments.training import checkpointing, inputs, run_meta  # noqa: E402
 from models import generation  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")

@@ -1,4 +1,4 @@
-r"""Run an ablation sweep a config file defines (`get_sweep()`, experiments/sweep_grid.py).
+r"""Run an ablation sweep a config file defines (`get_sweep()`, experiments/sweeps/grid.py).
 
     python -m experiments.sweep --config experiments/configs/clip/tiny.py \
         --workdir workdirs/sweep_clip_tiny --workers 2          # train every point here
@@ -28,7 +28,10 @@ import sys
 
 from etils import epath
 
-from experiments import sweep_plan, sweep_results, sweep_study, sweep_worker
+from experiments.sweeps import plan as sweep_plan
+from experiments.sweeps import results as sweep_results
+from experiments.sweeps import study as sweep_study
+from experiments.sweeps import worker as sweep_worker
 
 LAUNCHERS = ("local", "print", "slurm", "skypilot")
 

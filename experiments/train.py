@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from experiments import host_memory  # noqa: E402
+from experiments.training import host_memory  # noqa: E402
 
 if __name__ == "__main__":  # before JAX starts; may re-execute with tcmalloc preloaded
     host_memory.use_fast_allocator()
@@ -21,7 +21,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import summary, trainer  # noqa: E402
+from experiments.training import summary, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True

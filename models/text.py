@@ -9,7 +9,7 @@ Configurations of note:
     `mask_padding=False`, `activation="gelu_tanh"`, `num_classes=<embed dim>` with a bias.
   * BERT (HF `BertModel`, e.g. sentence-transformers MiniLM): `causal=False`,
     `post_norm=True`, `final_norm=False`, `embed_norm=True`, `type_vocab_size=2`,
-    `activation="gelu"`, `norm_eps=1e-12`, `pool_type="mean"` (see experiments/export/hf_bert.py).
+    `activation="gelu"`, `norm_eps=1e-12`, `pool_type="mean"` (see experiments/interop/hf_bert.py).
 
 Parameter tree: "token_embedding", "pos_embedding", "type_embedding", "embedding_norm",
 "encoder" (see layers.Encoder), "map_head", "head" (the optional ones only when enabled).

@@ -82,7 +82,7 @@ class TwoTower(nn.Module):
 
     def features(self, batch: Mapping[str, jax.Array], *, train: bool = False) -> dict:
         """The towers' part of the loss: {"zimg", "ztxt"} [B, D]. With `loss_from_features`,
-        the split that exact gradient accumulation needs (experiments/accumulation.py)."""
+        the split that exact gradient accumulation needs (experiments/training/accumulation.py)."""
         return {
             "zimg": self.embed_image(batch["image"], train=train),
             "ztxt": self.embed_text(batch["tokens"], train=train),

@@ -10,7 +10,7 @@ import copy
 import ml_collections
 
 from data import shapes
-from experiments import sharding
+from experiments.training import sharding
 
 ConfigDict = ml_collections.ConfigDict
 NUM_SHAPES_CLASSES = len(shapes.CLASS_NAMES)

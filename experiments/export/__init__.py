@@ -1,8 +1,8 @@
-"""Export to and import from PyTorch / Hugging Face transformers.
+"""Export to PyTorch / Hugging Face transformers: the writing half of interop.
 
-`python -m experiments.export` (see `__main__`) writes a run as the exact transformers class
-(`hf_clip`: CLIPModel, `hf_siglip`: SiglipModel) or as the repo's plain PyTorch modules
-(`torch_target`, `torch_models/`); `hf_import` reads CLIPModel / SiglipModel / BertModel
-checkpoints as vlax towers. Every target is a name table in `mapping` (shared by both
-directions) plus the checks that refuse a model the target cannot represent exactly.
+`python -m experiments.export` (see `__main__`, `export_run`) writes a run as the exact
+transformers class (`hf_export`, with the name tables of experiments/interop: CLIPModel,
+SiglipModel) or as the repo's plain PyTorch modules (`torch_target`, `torch_models/`), into
+a staged directory that appears only when complete (`output`). Tokenizer and HF side files:
+`tokenizer_files`, `spm_fast`, `hf_files`. Reading checkpoints back is experiments/interop.
 """

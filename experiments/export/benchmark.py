@@ -21,8 +21,9 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from data import tokenizer as tokenizer_lib  # noqa: E402
-from experiments import checkpointing, run_meta  # noqa: E402
-from experiments.export import export_run, hf_export, output  # noqa: E402
+from experiments.export import export_run, output  # noqa: E402
+from experiments.interop import hf_import  # noqa: E402
+from experiments.training import checkpointing, run_meta  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 flags.mark_flags_as_required(["config"])
@@ -35,7 +36,7 @@ def _random_checkpoint(config, workdir: str) -> int:
     text.setdefault("pad_id", tokenizer_lib.PAD_ID)
     text.setdefault("eos_id", tokenizer_lib.EOS_ID)
     size = config.data.image_size
-    abstract = hf_export.abstract_params(model_config, size)
+    abstract = hf_import.abstract_params(model_config, size)
     keys = iter(jax.random.split(jax.random.key(0), 4096))
     params = jax.tree.map(
         lambda a: 0.02 * jax.random.normal(next(keys), a.shape, jnp.float32), abstract

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from etils import epath
 
-from experiments import checkpointing, eval_runner
-from experiments.export import hf_common, hf_export, output, torch_target
+from experiments.export import hf_export, hf_files, output, torch_target
+from experiments.training import checkpointing, eval_runner
 
 FORMATS = ("hf", "torch")
 
@@ -59,7 +59,7 @@ def export_run(
     params, _ = checkpointing.load_params(workdir, step)
     with output.staged(out_path, overwrite) as stage:
         notes = write(stage, params, meta)
-        card = hf_common.model_card(name, meta, step, _final_results(workdir))
+        card = hf_files.model_card(name, meta, step, _final_results(workdir))
         (stage / "README.md").write_text(card)
     seconds = time.perf_counter() - t0
     for note in notes:

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 
 from etils import epath
 
+from experiments.interop.mapping import InteropError
 
-class ExportError(ValueError):
+
+class ExportError(InteropError):
     """The export cannot be done as asked; the message says what to do instead."""
 
 

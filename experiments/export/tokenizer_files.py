@@ -13,7 +13,7 @@ from typing import Any
 
 from etils import epath
 
-from experiments.export import hf_common, spm_fast
+from experiments.export import hf_files, spm_fast
 
 
 class TokenizerExportError(ValueError):
@@ -36,7 +36,7 @@ def write_fast(out: epath.Path, tokenizer: Mapping[str, Any], max_len: int) -> l
     path = tokenizer["path"]
     if path.endswith(".json"):
         (out / "tokenizer.json").write_text(epath.Path(path).read_text())
-        hf_common.write_json(
+        hf_files.write_json(
             out / "tokenizer_config.json",
             {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len},
         )
@@ -53,7 +53,7 @@ def write_fast(out: epath.Path, tokenizer: Mapping[str, Any], max_len: int) -> l
         "truncation_side": "right",
         **_special_tokens(spm_fast.load_proto(path)),
     }
-    hf_common.write_json(out / "tokenizer_config.json", config)
+    hf_files.write_json(out / "tokenizer_config.json", config)
     return [f"tokenizer.json converted from {path} (same ids, EOS appended, pads to {max_len})"]
 
 
@@ -73,5 +73,5 @@ def write_siglip(out: epath.Path, tokenizer: Mapping[str, Any], max_len: int) ->
         **_special_tokens(proto),
     }
     config.pop("bos_token", None)  # SiglipTokenizer adds EOS only
-    hf_common.write_json(out / "tokenizer_config.json", config)
+    hf_files.write_json(out / "tokenizer_config.json", config)
     return [f"spiece.model copied from {path}"]

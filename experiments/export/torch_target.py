@@ -25,10 +25,10 @@ import torch
 from etils import epath
 from safetensors import numpy as safetensors_np
 
-from experiments.export import mapping
-from experiments.export.mapping import Rule
 from experiments.export.torch_models import config as config_lib
 from experiments.export.torch_models import files, loading
+from experiments.interop import mapping
+from experiments.interop.mapping import Rule
 from objectives.contrastive import TwoTower
 from objectives.prefix_lm import PrefixLM
 

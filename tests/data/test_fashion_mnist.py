@@ -9,9 +9,9 @@ import pytest
 import objectives
 from data import fashion_mnist, sources
 from data import tokenizer as tokenizer_lib
-from experiments import config_utils, inputs, trainer
 from experiments.evaluators import build_evaluators
-from experiments.export import hf_bert
+from experiments.interop import hf_bert
+from experiments.training import config_utils, inputs, trainer
 
 CONFIG = "experiments/configs/lit/minilm_fashion.py"
 SIZES = {"train": 23, "test": 7}

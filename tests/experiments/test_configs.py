@@ -8,7 +8,8 @@ import os
 import jax
 import pytest
 
-from experiments import config_utils, inputs, run_meta, sweep_plan, trainer
+from experiments.sweeps import plan as sweep_plan
+from experiments.training import config_utils, inputs, run_meta, trainer
 
 CONFIGS = sorted(
     p for p in glob.glob("experiments/configs/*/*.py") if not p.endswith("__init__.py")

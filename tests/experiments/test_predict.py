@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import config_utils, trainer
+from experiments.training import config_utils, trainer
 
 from .conftest import TINY_SOURCE
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from data import sources
-from experiments import checkpointing, run_meta, trainer
 from experiments.configs import common
 from experiments.evaluators import metrics
 from experiments.export import export_run, output
+from experiments.training import checkpointing, run_meta, trainer
 from tests.experiments.conftest import TINY_SOURCE, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -176,7 +176,7 @@ def test_old_format_checkpoint_is_refused_with_a_way_out(tmp_path):
 
 def test_an_imported_model_evaluates_like_the_run(trained, tmp_path):
     from experiments import evaluate
-    from experiments.export import hf_import
+    from experiments.interop import hf_import
 
     style, workdir, out = trained
     export_run.export_run(workdir, "hf", str(tmp_path / "hf"))
@@ -191,7 +191,7 @@ def test_an_imported_model_evaluates_like_the_run(trained, tmp_path):
 
 
 def test_init_from_a_transformers_checkpoint_locks_the_tower(trained, data_dir, tmp_path):
-    from experiments.export import hf_import
+    from experiments.interop import hf_import
 
     style, workdir, _ = trained
     export_run.export_run(workdir, "hf", str(tmp_path / "hf"))

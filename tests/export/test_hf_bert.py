@@ -1,4 +1,4 @@
-"""Tests for experiments/export/hf_bert.py against `transformers.BertModel`: the real
+"""Tests for experiments/interop/hf_bert.py against `transformers.BertModel`: the real
 all-MiniLM-L6-v2 weights, random-weight round trips, and refusals."""
 
 import json
@@ -13,7 +13,7 @@ from safetensors import numpy as safetensors_np
 from transformers import AutoTokenizer, BertModel
 
 from data.hf_tokenizer import HFTokenizer
-from experiments.export import hf_bert, mapping
+from experiments.interop import hf_bert, mapping
 from models import text
 from tests.models.test_layers import random_params
 

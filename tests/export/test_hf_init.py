@@ -4,8 +4,8 @@ import jax
 import numpy as np
 
 from data import sources
-from experiments import trainer
-from experiments.export import hf_bert, hf_import
+from experiments.interop import hf_bert, hf_import
+from experiments.training import trainer
 from tests.experiments.conftest import TINY_SOURCE, tiny_config
 
 

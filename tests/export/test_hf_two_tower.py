@@ -10,7 +10,8 @@ from etils import epath
 from safetensors.numpy import load_file
 
 from experiments.configs import common
-from experiments.export import hf_export, mapping, output
+from experiments.export import hf_export, output
+from experiments.interop import hf_import, mapping
 from objectives.contrastive import TwoTower
 
 
@@ -119,7 +120,7 @@ def test_export_matches_transformers_and_round_trips(name, tmp_path):
     ):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     # import(export(params)) == params, exactly.
-    imported_config, imported, size = hf_export.read(str(out))
+    imported_config, imported, size = hf_import.read_two_tower(str(out))
     assert size == meta["data"]["image_size"]
     a, b = mapping.flatten_params(params), mapping.flatten_params(imported)
     assert a.keys() == b.keys()
@@ -231,8 +232,8 @@ def _write_config(path, hf):
 )
 def test_unsupported_transformers_directories_are_named(tmp_path, hf, message):
     _write_config(tmp_path, hf)
-    with pytest.raises(output.ExportError, match=message):
-        hf_export.read(str(tmp_path))
+    with pytest.raises(mapping.InteropError, match=message):
+        hf_import.read_two_tower(str(tmp_path))
 
 
 def test_missing_or_extra_tensors_are_named(tmp_path):
@@ -246,4 +247,4 @@ def test_missing_or_extra_tensors_are_named(tmp_path):
     del state["text_projection.weight"]
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(mapping.MappingError, match=r"vision_model.extra.weight.*txt/head/kernel"):
-        hf_export.read(str(out))
+        hf_import.read_two_tower(str(out))

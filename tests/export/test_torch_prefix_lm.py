@@ -16,10 +16,11 @@ import pytest
 import torch
 from etils import epath
 
-from experiments import run_meta
-from experiments.export import mapping, torch_target
 from experiments.export import torch_models as tm
+from experiments.export import torch_target
 from experiments.export.torch_models import config as config_lib
+from experiments.interop import mapping
+from experiments.training import run_meta
 from models import decoder as decoder_lib
 from models import generation, layers
 from objectives import prefix_lm

@@ -14,10 +14,11 @@ import pytest
 import torch
 from etils import epath
 
-from experiments import run_meta
-from experiments.export import mapping, torch_target
 from experiments.export import torch_models as tm
+from experiments.export import torch_target
 from experiments.export.torch_models import config as config_lib
+from experiments.interop import mapping
+from experiments.training import run_meta
 from models import text, variants, vit
 from objectives import contrastive, contrastive_losses
 from tests.models.test_layers import random_params

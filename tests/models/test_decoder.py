@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import AxisType, PartitionSpec
 
-from experiments import sharding
+from experiments.training import sharding
 from models import attention, decoder, flops
 from tests.models.test_layers import (
     assert_logically_partitioned,

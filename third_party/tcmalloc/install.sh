@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Best effort: installs gperftools' tcmalloc (Debian/Ubuntu libtcmalloc-minimal4), the host
-# allocator that experiments/host_memory.py preloads for CPU runs. Only as root (CI,
+# allocator that experiments/training/host_memory.py preloads for CPU runs. Only as root (CI,
 # containers); never asks for a password and never fails the build: without tcmalloc the
 # entry points fall back to a tuned glibc malloc.
 set -u

@@ -17,8 +17,8 @@ zero-shot top-1 for B/16 — this repo has not reproduced that run.
 """
 
 from data import preprocess
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

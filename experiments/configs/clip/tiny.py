@@ -13,9 +13,9 @@ hard-negative caption accuracy 86.0% (chance 50%). The towers are CLIPModel-exac
 exports with `python -m experiments.export --workdir ... --format hf --out ...`.
 """
 
-from experiments import config_utils
-from experiments import sweep_grid as sg
 from experiments.configs import common
+from experiments.sweeps import grid as sg
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

@@ -33,9 +33,9 @@ batch 128 x 500. The locked MiniLM forward is 2/3 of a step's FLOPs (342 of 517 
 example), though it only ever embeds the 50 distinct captions.
 """
 
-from experiments import config_utils
 from experiments.configs import common
-from experiments.export import hf_bert, hf_import
+from experiments.interop import hf_bert, hf_import
+from experiments.training import config_utils
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 MAX_LEN = 16  # the longest caption or prompt is 15 WordPiece tokens with [CLS] and [SEP]

@@ -17,8 +17,8 @@ close to the source run's 27.4% / 57.5% with a text tower trained from scratch.
 
 from ml_collections import config_dict
 
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

@@ -13,8 +13,8 @@ lr 1e-3, batch 32768. Expected (paper, WebLI): ~73% ImageNet zero-shot top-1 at 
 after 9B examples — this repo has not reproduced that run.
 """
 
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

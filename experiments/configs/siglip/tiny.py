@@ -11,9 +11,9 @@ AVX-512 CPU shared with other jobs, 500 steps, 6 min for the command): zero-shot
 caption accuracy 83.4% (chance 50%). Exports with `--format hf` as a SiglipModel.
 """
 
-from experiments import config_utils
-from experiments import sweep_grid as sg
 from experiments.configs import common
+from experiments.sweeps import grid as sg
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

@@ -13,8 +13,8 @@ VQA ~77.9 — this repo has not reproduced that run. `runlocal` checks the confi
 in a minute (micro sizes, the built-in shapes).
 """
 
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

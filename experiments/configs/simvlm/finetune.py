@@ -12,8 +12,8 @@ on 1000 of easy-vqa's test questions, exact-match accuracy 77.7% (majority answe
 question-only prior, the best answer per question, 67.0%).
 """
 
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 _TASKS = {"easy_vqa": "vqa", "vlax_shapes_vqa": "vqa", "vlax_shapes": "prefix_lm"}
 

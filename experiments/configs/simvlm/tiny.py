@@ -16,9 +16,9 @@ exact-match 69.4% (majority answer 13.8%; a question-only prior, the best answer
 type, 41.9%).
 """
 
-from experiments import config_utils
-from experiments import sweep_grid as sg
 from experiments.configs import common
+from experiments.sweeps import grid as sg
+from experiments.training import config_utils
 
 
 def get_config(arg=None):

@@ -10,8 +10,8 @@ CPU, 5 min 31 s): on 500 held-out scenes CIDEr-D 4.79 (the best constant caption
 0.484 (0.080).
 """
 
-from experiments import config_utils
 from experiments.configs import common
+from experiments.training import config_utils
 
 
 def get_config(arg=None):
