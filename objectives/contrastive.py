@@ -6,6 +6,9 @@ the *global* batch. LiT is this objective plus a config that initialises one tow
 from a checkpoint and freezes it in the optimizer (`config.freeze`); nothing here
 changes for it.
 
+Inference methods (for `apply(..., method=...)`): `embed_image`, `embed_text`, and on those
+embeddings `match_logits` / `match_probabilities`, the scores the trained loss models.
+
 Parameters: `img/...`, `txt/...`, `log_temp` and (sigmoid only) `logit_bias`.
 """
 
@@ -30,6 +33,14 @@ DEFAULT_TEMPERATURE = {"softmax": 1 / 0.07, "sigmoid": 10.0}
 
 def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def _check_widths(zimg: jax.Array, ztxt: jax.Array) -> None:
+    if zimg.shape[-1] != ztxt.shape[-1]:
+        raise ValueError(
+            f"Image embeddings have width {zimg.shape[-1]} but text embeddings "
+            f"{ztxt.shape[-1]}: set the same `num_classes` (projection dim) on both towers."
+        )
 
 
 class TwoTower(nn.Module):
@@ -91,17 +102,35 @@ class TwoTower(nn.Module):
     def loss_from_features(self, features: Mapping[str, jax.Array]):
         """The contrastive loss of the whole batch's embeddings -> (loss, metrics)."""
         zimg, ztxt = features["zimg"], features["ztxt"]
-        if zimg.shape[-1] != ztxt.shape[-1]:
-            raise ValueError(
-                f"Image embeddings have width {zimg.shape[-1]} but text embeddings "
-                f"{ztxt.shape[-1]}: set the same `num_classes` (projection dim) on both towers."
-            )
-        bias = self.logit_bias if self.loss == "sigmoid" else None
+        _check_widths(zimg, ztxt)
         loss, metrics = contrastive_losses.contrastive_loss(
-            self.loss, zimg, ztxt, self.log_temp, bias, impl=self.loss_impl
+            self.loss, zimg, ztxt, self.log_temp, self._bias(), impl=self.loss_impl
         )
         # The loss reports the (clamped) logit scale and the bias among its metrics.
         return loss, dict(metrics)
+
+    def match_logits(self, image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
+        """The logits the trained loss compares: image_emb [N, D], text_emb [M, D]
+        (L2-normalised, as `embed_image` / `embed_text` give them) -> float32 [N, M].
+
+        The loss's own scale: exp(log_temp) capped at 100 for "softmax" (CLIP), uncapped plus
+        `logit_bias` for "sigmoid" (SigLIP)."""
+        _check_widths(image_emb, text_emb)
+        return contrastive_losses.pair_logits(
+            self.loss, image_emb, text_emb, self.log_temp, self._bias()
+        )
+
+    def match_probabilities(self, image_emb: jax.Array, text_emb: jax.Array) -> jax.Array:
+        """What the loss models of each pair, [N, D] x [M, D] -> [N, M]: for "softmax" a
+        distribution over the M texts per image (rows sum to 1), for "sigmoid" each pair's
+        independent probability of matching."""
+        logits = self.match_logits(image_emb, text_emb)
+        if self.loss == "softmax":
+            return jax.nn.softmax(logits, axis=-1)
+        return jax.nn.sigmoid(logits)
+
+    def _bias(self) -> jax.Array | None:
+        return self.logit_bias if self.loss == "sigmoid" else None
 
     @classmethod
     def fill_data_fields(cls, cfg: dict, data: Mapping[str, Any]) -> dict:

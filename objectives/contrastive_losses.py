@@ -50,6 +50,22 @@ def _hits(logits: jax.Array, axis: int, offset: jax.Array | int = 0) -> jax.Arra
     return jnp.sum(jnp.argmax(logits, axis=axis) == offset + jnp.arange(n)).astype(jnp.float32)
 
 
+def logit_scale(kind: str, log_temp: jax.Array) -> jax.Array:
+    """The factor on the cosine similarities: exp(log_temp), for "softmax" capped at 100."""
+    if kind == "softmax":
+        return jnp.exp(jnp.minimum(log_temp, SOFTMAX_MAX_LOG_TEMP))
+    return jnp.exp(log_temp)
+
+
+def pair_logits(
+    kind: str, zimg: jax.Array, ztxt: jax.Array, log_temp: jax.Array, bias: jax.Array | None = None
+) -> jax.Array:
+    """The logits the loss `kind` compares: zimg [N, D], ztxt [M, D] -> float32 [N, M],
+    logit_scale * cosine (+ bias for "sigmoid")."""
+    logits = logit_scale(kind, log_temp) * (zimg.astype(jnp.float32) @ ztxt.astype(jnp.float32).T)
+    return logits + bias if kind == "sigmoid" else logits
+
+
 def softmax_loss_dense(
     zimg: jax.Array, ztxt: jax.Array, log_temp: jax.Array
 ) -> tuple[jax.Array, Metrics]:
@@ -62,9 +78,8 @@ def softmax_loss_dense(
       loss: scalar, mean over the batch of (CE(image->text) + CE(text->image)) / 2.
       metrics: accuracy_i2t, accuracy_t2i (first argmax hits the pair), scale.
     """
-    zimg, ztxt = zimg.astype(jnp.float32), ztxt.astype(jnp.float32)
-    scale = jnp.exp(jnp.minimum(log_temp, SOFTMAX_MAX_LOG_TEMP))
-    logits = scale * (zimg @ ztxt.T)
+    scale = logit_scale("softmax", log_temp)
+    logits = pair_logits("softmax", zimg, ztxt, log_temp)
     pos = jnp.diagonal(logits)
     per_pair = jax.nn.logsumexp(logits, axis=1) + jax.nn.logsumexp(logits, axis=0) - 2 * pos
     batch = zimg.shape[0]
@@ -88,9 +103,8 @@ def sigmoid_loss_dense(
       loss: -sum over all B*B pairs of log_sigmoid(label * logit) / B, label +1 on the diagonal.
       metrics: accuracy_i2t, accuracy_t2i, scale, bias.
     """
-    zimg, ztxt = zimg.astype(jnp.float32), ztxt.astype(jnp.float32)
-    scale = jnp.exp(log_temp)
-    logits = scale * (zimg @ ztxt.T) + bias
+    scale = logit_scale("sigmoid", log_temp)
+    logits = pair_logits("sigmoid", zimg, ztxt, log_temp, bias)
     batch = zimg.shape[0]
     labels = 2 * jnp.eye(batch) - 1
     metrics = {
