@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from models import flops as flops_lib
 from models import text as text_lib
 from models import vit as vit_lib
-from objectives import contrastive_losses
+from objectives import contrastive_losses, contrastive_reference
 
 LOSSES = ("softmax", "sigmoid")
 DEFAULT_TEMPERATURE = {"softmax": 1 / 0.07, "sigmoid": 10.0}
@@ -116,7 +116,7 @@ class TwoTower(nn.Module):
         The loss's own scale: exp(log_temp) capped at 100 for "softmax" (CLIP), uncapped plus
         `logit_bias` for "sigmoid" (SigLIP)."""
         _check_widths(image_emb, text_emb)
-        return contrastive_losses.pair_logits(
+        return contrastive_reference.pair_logits(
             self.loss, image_emb, text_emb, self.log_temp, self._bias()
         )
 

@@ -22,13 +22,14 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from objectives import contrastive_losses as cl
+from objectives import batch_ring
+from objectives import contrastive_reference as ref
 
 
 def _block(zi, zt_c, lt):
     """`[b, b]` similarities and logits of the local images against one text chunk."""
     sims = zi @ zt_c.T
-    return sims, jnp.exp(jnp.minimum(lt, cl.SOFTMAX_MAX_LOG_TEMP)) * sims
+    return sims, ref.logit_scale("softmax", lt) * sims
 
 
 def _lse_update(m, s, block_max, block_sum_fn):
@@ -48,13 +49,17 @@ def _ring_forward(zi, zt, lt, axes, n):
         _, logits = _block(zi, zt_c, lt)
         im, is_ = _lse_update(im, is_, logits.max(1), lambda m: jnp.exp(logits - m[:, None]).sum(1))
         tm, ts = _lse_update(tm, ts, logits.max(0), lambda m: jnp.exp(logits - m[None]).sum(0))
-        i_val, i_idx = cl._better(i_val, i_idx, logits.max(1), owner * b + logits.argmax(1))
-        t_val, t_idx = cl._better(t_val, t_idx, logits.max(0), k * b + logits.argmax(0))
+        i_val, i_idx = batch_ring.running_argmax(
+            i_val, i_idx, logits.max(1), owner * b + logits.argmax(1)
+        )
+        t_val, t_idx = batch_ring.running_argmax(
+            t_val, t_idx, logits.max(0), k * b + logits.argmax(0)
+        )
         return zt_c, tm, ts, t_val, t_idx, im, is_, i_val, i_idx
 
     def step(s, carry):
         travelling, rest = carry[:5], carry[5:]
-        travelling = lax.ppermute(travelling, axes, cl._ring_perm(n))
+        travelling = lax.ppermute(travelling, axes, batch_ring.ring_perm(n))
         return visit(s, *travelling, *rest)
 
     neg = jnp.full((b,), -jnp.inf)
@@ -71,7 +76,7 @@ def _ring_forward(zi, zt, lt, axes, n):
     hits_i2t = jnp.sum(i_idx == k * b + rows).astype(jnp.float32)
     hits_t2i = jnp.sum(t_idx == t_owner * b + rows).astype(jnp.float32)
     # One more move brings each text chunk's LSE home, where the backward pass starts it.
-    lse_t2i_own = lax.ppermute(lse_t2i, axes, cl._ring_perm(n))
+    lse_t2i_own = lax.ppermute(lse_t2i, axes, batch_ring.ring_perm(n))
     return (loss, hits_i2t, hits_t2i), (lse_i2t, lse_t2i_own)
 
 
@@ -90,8 +95,8 @@ def _ring_local_fwd(zi, zt, lt, axes, n):
 def _ring_local_bwd(axes, n, res, cts):
     zi, zt, lt, lse_i2t, lse_t2i = res
     g = cts[0]  # cotangent of the local loss sum (the same on every device); hits: none
-    scale = jnp.exp(jnp.minimum(lt, cl.SOFTMAX_MAX_LOG_TEMP))
-    dscale = jnp.where(lt < cl.SOFTMAX_MAX_LOG_TEMP, scale, 0.0)  # d scale / d log_temp
+    scale = ref.logit_scale("softmax", lt)
+    dscale = jnp.where(lt < ref.SOFTMAX_MAX_LOG_TEMP, scale, 0.0)  # d scale / d log_temp
     eye = jnp.eye(zi.shape[0])
 
     def visit(s, zt_c, lse_c, dzt_c, dzi, dlt):
@@ -105,12 +110,12 @@ def _ring_local_bwd(axes, n, res, cts):
 
     def step(s, carry):
         travelling, rest = carry[:3], carry[3:]
-        travelling = lax.ppermute(travelling, axes, cl._ring_perm(n))
+        travelling = lax.ppermute(travelling, axes, batch_ring.ring_perm(n))
         return visit(s, *travelling, *rest)
 
     carry = visit(0, zt, lse_t2i, jnp.zeros_like(zt), jnp.zeros_like(zi), jnp.zeros_like(lt))
     _, _, dzt_c, dzi, dlt = lax.fori_loop(1, n, step, carry)
-    dzt = lax.ppermute(dzt_c, axes, cl._ring_perm(n))  # one more move brings it to its owner
+    dzt = lax.ppermute(dzt_c, axes, batch_ring.ring_perm(n))  # one more move brings it to its owner
     return dzi, dzt, dlt
 
 
@@ -123,19 +128,19 @@ def softmax_loss_ring(
     log_temp: jax.Array,
     *,
     mesh=None,
-    batch_axes: Sequence[str] = cl.DEFAULT_BATCH_AXES,
-) -> tuple[jax.Array, cl.Metrics]:
+    batch_axes: Sequence[str] = batch_ring.DEFAULT_BATCH_AXES,
+) -> tuple[jax.Array, ref.Metrics]:
     """`softmax_loss_dense` with the batch sharded over `batch_axes`: text chunks on a ring.
 
     Per device: `[b, D]` images, one visiting `[b, D]` text chunk, `[b, b]` logits; n ring
     steps forward and n backward. Falls back to the dense loss without a mesh or with one batch
     device. Same loss, metrics and gradients as the dense reference.
     """
-    mesh, axes, n = cl._batch_mesh_axes(mesh, batch_axes)
+    mesh, axes, n = batch_ring.batch_mesh_axes(mesh, batch_axes)
     if n == 1:
-        return cl.softmax_loss_dense(zimg, ztxt, log_temp)
+        return ref.softmax_loss_dense(zimg, ztxt, log_temp)
     batch = zimg.shape[0]
-    cl._check_divisible(batch, n, axes)
+    batch_ring.check_divisible(batch, n, axes)
 
     def local(zi, zt, lt):
         lt = lax.pcast(lt, axes, to="varying")  # its per-device grads are psummed by pcast^T
@@ -152,4 +157,4 @@ def softmax_loss_ring(
     )
     log_temp = jnp.asarray(log_temp, jnp.float32)
     loss, metrics = fn(zimg.astype(jnp.float32), ztxt.astype(jnp.float32), log_temp)
-    return loss, {**metrics, "scale": jnp.exp(jnp.minimum(log_temp, cl.SOFTMAX_MAX_LOG_TEMP))}
+    return loss, {**metrics, "scale": ref.logit_scale("softmax", log_temp)}
