@@ -30,7 +30,8 @@ from experiments.sweeps import plan as sweep_plan
 from experiments.sweeps import study as sweep_study
 from experiments.training import checkpointing
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# experiments/sweeps/worker.py -> the repo root, three levels up.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POLL_S = 1.0
 RESULTS_FILE = "eval_results.json"  # experiments/training/eval_runner.py
 

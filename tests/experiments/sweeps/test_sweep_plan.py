@@ -1,6 +1,8 @@
 """Sweep definitions and their checks: errors name the point, before anything launches."""
 
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -9,6 +11,7 @@ from experiments import sweep
 from experiments.sweeps import grid as sg
 from experiments.sweeps import plan as sweep_plan
 from experiments.sweeps import study as sweep_study
+from experiments.sweeps import worker as sweep_worker
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 TINY = os.path.join(ROOT, "experiments", "configs", "clip", "tiny.py")
@@ -167,3 +170,16 @@ def test_cluster_launchers_write_worker_jobs_and_say_how_to_submit(
     assert "is not installed here" in err and job_file in err
     text = (root / job_file).read_text()
     assert needle in text and "experiments.sweep --worker" in text and "--max-points=1" in text
+    if launcher == "slurm":  # the job runs from the repo root, whatever directory it starts in
+        assert f"\ncd {ROOT}\n" in text
+
+
+def test_a_training_process_imports_the_repo_from_any_directory(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import experiments.sweeps.grid"],
+        cwd=tmp_path,
+        env=sweep_worker.child_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
