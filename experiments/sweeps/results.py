@@ -3,7 +3,9 @@
 
 Rows come from the study's trials (status, log, wall time) and the points' workdirs (final
 eval metrics and steps), so points trained outside the study (`--launcher print`) are
-collected too.
+collected too. `wall_s` is a point's training wall time over all its launches (a point killed
+and resumed has a trial per launch; a launch whose worker was killed outright counts up to its
+last heartbeat, at most `study.HEARTBEAT_S` short).
 """
 
 from __future__ import annotations
@@ -26,13 +28,24 @@ from experiments.sweeps import worker as sweep_worker
 STATUS_ORDER = {"complete": 0, "running": 1, "pruned": 2, "failed": 3, "interrupted": 4}
 
 
+def _launches(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """A point's trials that launched it (a duplicate is another worker's copy, never run)."""
+    return [t for t in trials if t.user_attrs.get("status") != "duplicate"]
+
+
 def _best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
     """The trial that speaks for a point: a completed one, else the latest."""
-    trials = [t for t in trials if t.user_attrs.get("status") != "duplicate"]
+    trials = _launches(trials)
     if not trials:
         return None
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     return max(done or trials, key=lambda t: t.number)
+
+
+def _wall_s(trials: list[optuna.trial.FrozenTrial]) -> float | None:
+    """Seconds of training over every launch of a point (None if none recorded any)."""
+    walls = [t.user_attrs["wall_s"] for t in _launches(trials) if "wall_s" in t.user_attrs]
+    return round(sum(walls), 1) if walls else None
 
 
 def _status(trial: optuna.trial.FrozenTrial | None, steps: int | None) -> str:
@@ -53,8 +66,7 @@ def rows(study: optuna.Study | None, plan: sweep_plan.Plan, root: str) -> list[d
         for t in trials:
             if sweep_study.point_of(t) is not None:
                 by_point.setdefault(sweep_study.point_of(t), []).append(t)
-        items = [(p, _best_trial(by_point.get(p.index, []))) for p in plan.points]
-        entries = [(p.name, p.overrides, t) for p, t in items]
+        entries = [(p.name, p.overrides, by_point.get(p.index, [])) for p in plan.points]
     else:
         by_number: dict[int, list] = {}
         for t in trials:
@@ -63,14 +75,15 @@ def rows(study: optuna.Study | None, plan: sweep_plan.Plan, root: str) -> list[d
         for number, ts in sorted(by_number.items()):
             t = _best_trial(ts)
             if t is not None:
-                entries.append((f"trial_{number:04d}", dict(t.params), t))
-    for name, overrides, trial in entries:
+                entries.append((f"trial_{number:04d}", dict(t.params), ts))
+    for name, overrides, point_trials in entries:
+        trial = _best_trial(point_trials)
         workdir = str(epath.Path(root) / name)
         steps, metrics = sweep_worker.final_metrics(workdir)
         row = {"point": name, **{k: _cell(v) for k, v in overrides.items()}}
         row.update(metrics)
         row["steps"] = steps
-        row["wall_s"] = None if trial is None else trial.user_attrs.get("wall_s")
+        row["wall_s"] = _wall_s(point_trials)
         row["status"] = _status(trial, steps)
         row["log"] = str(epath.Path(workdir) / "train.log")
         if trial is not None and trial.user_attrs.get("error"):

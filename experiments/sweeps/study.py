@@ -7,9 +7,10 @@ journal file `<root>/optuna_journal.log` (embedded, file-locked, safe for many l
 processes and for workers on a shared filesystem), or any database URL Optuna accepts
 (`--storage mysql://...`) for workers that share no filesystem.
 
-Each trial records, as user attributes, the point's name, workdir, log path, overrides, final
-metrics, steps, wall time, status and a heartbeat (host, pid, time) that lets a re-run tell
-an interrupted trial (its worker is gone) from one still running.
+Each trial is one launch of a point and records, as user attributes, the point's name,
+workdir, log path, overrides, final metrics, steps, the launch's wall time (kept current with
+the heartbeat), status and a heartbeat (host, pid, time) that lets a re-run tell an
+interrupted trial (its worker is gone) from one still running.
 """
 
 from __future__ import annotations

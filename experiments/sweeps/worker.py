@@ -178,7 +178,7 @@ def train_point(study, trial, point: sweep_plan.Point, root: str, plan: sweep_pl
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), preexec_fn=die_with_parent
         )
-        status = _watch(proc, study, trial, workdir, plan)
+        status = _watch(proc, study, trial, workdir, plan, start)
     wall = time.time() - start
     return _tell(
         study, trial, plan, workdir, proc.returncode, log_path, wall=wall, pruned=status == "pruned"
@@ -196,7 +196,8 @@ def finished_run(workdir: str) -> bool:
 
 
 def _tell(study, trial, plan, workdir, returncode, log_path, *, wall, pruned) -> str:
-    """Records a finished training process on its trial; returns the status."""
+    """Records a finished training process on its trial (`wall`: this launch's seconds; the
+    results add up the launches of a point); returns the status."""
     trial.set_user_attr("wall_s", round(wall, 1))
     step, metrics = final_metrics(workdir)
     trial.set_user_attr("steps", step)
@@ -223,13 +224,17 @@ def _tell(study, trial, plan, workdir, returncode, log_path, *, wall, pruned) ->
     return "failed"
 
 
-def _watch(proc, study, trial, workdir: str, plan: sweep_plan.Plan) -> str:
-    """Waits for the training process, heart-beating and (searches) reporting/pruning."""
+def _watch(proc, study, trial, workdir: str, plan: sweep_plan.Plan, start: float) -> str:
+    """Waits for the training process, heart-beating and (searches) reporting/pruning.
+
+    Each heartbeat also stores the launch's wall time so far (`start`: when it began) on the
+    trial, so a worker killed outright leaves its launch counted up to its last heartbeat."""
     last_beat, reported = time.time(), set()
     prune = plan.sweep.search is not None and plan.sweep.search.prune
 
     def stop(signum, frame):  # a polite kill of the worker stops its training too
         proc.terminate()
+        trial.set_user_attr("wall_s", round(time.time() - start, 1))
         trial.set_user_attr("status", "interrupted")
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         sys.exit(128 + signum)
@@ -241,6 +246,7 @@ def _watch(proc, study, trial, workdir: str, plan: sweep_plan.Plan) -> str:
             if time.time() - last_beat > sweep_study.HEARTBEAT_S:
                 trial.set_user_attr("heartbeat", sweep_study.heartbeat())
                 last_beat = time.time()
+                trial.set_user_attr("wall_s", round(last_beat - start, 1))
             if prune:
                 for step, value in sorted(_intermediate(workdir, plan.sweep.metric).items()):
                     if step not in reported:
