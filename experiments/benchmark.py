@@ -26,6 +26,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import objectives  # noqa: E402
 from experiments.tools.step_timing import benchmark, decode_benchmark  # noqa: E402
+from experiments.training import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -43,8 +44,7 @@ _DECODE_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
-    del argv
+def main():
     generative = callable(
         getattr(objectives.get_objective(_CONFIG.value.objective), "generate", None)
     )
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -28,7 +28,14 @@ from clu import metric_writers  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments.training import checkpointing, eval_runner, run_meta, summary, trainer  # noqa: E402
+from experiments.training import (  # noqa: E402
+    checkpointing,
+    cli,
+    eval_runner,
+    run_meta,
+    summary,
+    trainer,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config whose evals to run (--hf).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir to evaluate.")
@@ -81,8 +88,7 @@ def evaluate(config, params_host, out: str) -> dict:
     return results
 
 
-def main(argv):
-    del argv
+def main():
     if bool(_WORKDIR.value) == bool(_HF.value):
         raise app.UsageError("Give exactly one of --workdir or --hf.")
     if _WORKDIR.value:
@@ -105,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -22,7 +22,7 @@ from absl import app, flags  # noqa: E402
 
 import objectives  # noqa: E402
 from data import preprocess, user_pairs  # noqa: E402
-from experiments.training import checkpointing, inputs, run_meta  # noqa: E402
+from experiments.training import checkpointing, cli, inputs, run_meta  # noqa: E402
 from models import generation  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
@@ -100,8 +100,7 @@ def generate(model, params, tokenizer, images, prompt: str, *, max_len, max_new,
     return list(zip(texts, np.asarray(out["scores"]).tolist(), strict=True))
 
 
-def main(argv):
-    del argv
+def main():
     try:
         run(_WORKDIR.value, list(_IMAGES.value))
     except PredictError as e:
@@ -151,4 +150,4 @@ def run(workdir: str, image_paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, list_flags=("images",))

@@ -17,11 +17,11 @@ if __name__ == "__main__":  # before JAX starts; may re-execute with tcmalloc pr
     host_memory.use_fast_allocator()
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments.training import summary, trainer  # noqa: E402
+from experiments.training import cli, summary, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -51,8 +51,7 @@ class _QuietLibraries(logging.Filter):
         )
 
 
-def main(argv):
-    del argv
+def main():
     if _COORDINATOR.value:
         jax.distributed.initialize(
             coordinator_address=_COORDINATOR.value,
@@ -72,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,9 +15,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from experiments.export import export_run  # noqa: E402
+from experiments.training import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -27,8 +28,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an output directory 
 flags.mark_flags_as_required(["workdir", "format", "out"])
 
 
-def main(argv):
-    del argv
+def main():
     summary = export_run.export_run(
         _WORKDIR.value, _FORMAT.value, _OUT.value, step=_STEP.value, overwrite=_OVERWRITE.value
     )
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

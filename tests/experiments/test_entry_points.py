@@ -1,4 +1,5 @@
-"""The command lines a researcher runs: train (with its summary) and benchmark."""
+"""The command lines a researcher runs: train (with its summary) and benchmark; every entry
+point refuses stray positional arguments by name before it loads anything."""
 
 import json
 import os
@@ -7,26 +8,34 @@ import sys
 
 import pytest
 
+from experiments import sweep
+from experiments.tools import gpu_check, loss_memory, peer_bench
+from experiments.training import cli
+
 from .conftest import TINY_SOURCE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run(args, tmp_path):
+def _command(args, timeout=900):
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         JAX_PLATFORMS="cpu",
         TF_CPP_MIN_LOG_LEVEL="3",
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def _run(args, tmp_path):
+    proc = _command(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -123,22 +132,65 @@ def test_benchmark_times_decoding_with_and_without_the_cache(tmp_path):
         assert decoding[f"cache_speedup_batch{b}"] > 0
 
 
-def test_benchmark_decode_only_needs_a_generative_objective(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.benchmark",
-            "--config",
-            "experiments/configs/clip/tiny.py",
-            "--decode_only",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+def test_benchmark_decode_only_needs_a_generative_objective():
+    proc = _command(
+        ["experiments.benchmark", "--config", "experiments/configs/clip/tiny.py", "--decode_only"],
         timeout=120,
     )
     assert proc.returncode != 0
     assert "--decode_only: objective 'contrastive' does not generate" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, spread",
+    [
+        (["p", "--images", "a", "b", "c"], ["p", "--images", "a", "--images=b", "--images=c"]),
+        (["p", "--images=a", "b", "--step", "3"], ["p", "--images=a", "--images=b", "--step", "3"]),
+        (["p", "-images", "a", "b"], ["p", "-images", "a", "--images=b"]),
+        # words after another flag's value stay positional (run refuses them)
+        (
+            ["p", "--workdir", "w", "x", "--images", "a"],
+            ["p", "--workdir", "w", "x", "--images", "a"],
+        ),
+        (["p", "--images", "a", "--", "b"], ["p", "--images", "a", "--", "b"]),
+        (["p", "--images"], ["p", "--images"]),  # absl says it needs a value
+    ],
+)
+def test_words_after_a_list_flag_are_its_values(argv, spread):
+    assert cli.spread_list_flags(argv, {"images"}) == spread
+
+
+@pytest.mark.parametrize(
+    "module, flags",
+    [
+        ("experiments.train", ["--config=experiments/configs/clip/tiny.py", "--workdir={w}"]),
+        ("experiments.evaluate", ["--workdir={w}"]),
+        ("experiments.predict", ["--workdir={w}", "--images", "a.png", "--prompt", "a"]),
+        ("experiments.benchmark", ["--config=experiments/configs/clip/tiny.py"]),
+        ("experiments.export", ["--workdir={w}", "--format=hf", "--out={w}_out"]),
+    ],
+)
+def test_absl_entry_points_refuse_stray_positional_arguments(module, flags, tmp_path):
+    workdir = tmp_path / "run"  # does not exist: an error about it would come later
+    argv = [module, *[f.format(w=workdir) for f in flags], "photo", "b.png"]
+    proc = _command(argv, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "takes no positional arguments, got ['photo', 'b.png']" in proc.stderr
+    assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "main, flags",
+    [
+        (sweep.main, ["--config=experiments/configs/clip/tiny.py", "--workdir={w}", "--dry-run"]),
+        (loss_memory.main, ["--batch=8", "--dim=4", "--devices=8"]),
+        (peer_bench.main, ["--shape=s16", "--loss=clip", "--spec-json={{}}"]),
+        (gpu_check.main, []),
+    ],
+)
+def test_argparse_entry_points_refuse_stray_positional_arguments(main, flags, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*[f.format(w=tmp_path / "root") for f in flags], "b.png"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: b.png" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
