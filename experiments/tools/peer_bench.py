@@ -3,8 +3,8 @@ step at the harness's shapes, built through the project's config API and timed o
 trainer's own jitted step (its sharding, donation and AdamW).
 
     python3 ../shared/peers/run_all.py --peers open_clip ... \
-        --peer "vlax=$PWD/.venv/bin/python $PWD/experiments/peer_bench.py [--precision bf16] \
-            [--layers unrolled]"
+        --peer "vlax=$PWD/.venv/bin/python $PWD/experiments/tools/peer_bench.py \
+            [--precision bf16] [--layers unrolled]"
     python experiments/tools/peer_bench.py --shape s16 --loss clip --steps 2 --warmup 1 \
         --spec-json "$(python -c 'import sys; sys.path.insert(0, "../shared/peers"); \
             import shapes, json; print(json.dumps(shapes.get_spec("s16")))')"
@@ -23,8 +23,10 @@ import json
 import os
 import sys
 
-# Run as a script from anywhere (run_all starts children in the peers folder).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run as a script from anywhere (run_all starts children in the peers folder): the repo root,
+# three levels above experiments/tools/peer_bench.py, is importable.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -87,9 +89,7 @@ def peer_config(
     config.data = common.shapes_data(
         image_size=im["size"], max_len=tx["context"], vocab_size=tx["vocab"]
     )
-    config.optim = common.adamw(
-        lr=opt["lr"], total_steps=steps, warmup_steps=0, weight_decay=opt["weight_decay"]
-    )
+    config.optim = common.adamw(lr=opt["lr"], warmup_steps=0, weight_decay=opt["weight_decay"])
     config.optim.update(
         b1=opt["b1"], b2=opt["b2"], eps=opt["eps"], schedule="constant", grad_clip_norm=0.0
     )
@@ -160,8 +160,7 @@ def main(argv=None) -> None:
 
 def _harness_flops(spec: dict) -> float:
     """shapes.flops_per_step(spec)["total"] when the harness is importable beside the repo."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for folder in (os.getcwd(), os.path.join(here, "..", "shared", "peers")):
+    for folder in (os.getcwd(), os.path.join(REPO_ROOT, "..", "shared", "peers")):
         if os.path.exists(os.path.join(folder, "shapes.py")):
             sys.path.insert(0, folder)
             import shapes

@@ -194,3 +194,48 @@ def test_argparse_entry_points_refuse_stray_positional_arguments(main, flags, tm
     assert exit_info.value.code == 2
     assert "unrecognized arguments: b.png" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+PEERS = os.path.join(os.path.dirname(ROOT), "shared", "peers")  # the harness beside the repo
+
+
+def _script(code_or_path, *args, cwd):
+    """Runs a Python file (or `-c` code) with the repo on no path, from another directory."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, *code_or_path, *args],
+        cwd=cwd,
+        env=dict(env, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_peer_bench_runs_as_a_script_from_any_directory(tmp_path):
+    # run_all starts `python <repo>/experiments/tools/peer_bench.py ...` in the peers folder.
+    proc = _script(
+        [os.path.join(ROOT, "experiments", "tools", "peer_bench.py")], "--help", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--spec-json" in proc.stdout
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(PEERS, "shapes.py")), reason="no harness")
+def test_peer_bench_counts_flops_with_the_harness_beside_the_repo(tmp_path):
+    harness = _script(
+        ["-c", f"import sys, json; sys.path.insert(0, {PEERS!r}); import shapes; "
+         "spec = shapes.get_spec('s16'); "
+         "print(json.dumps([spec, float(shapes.flops_per_step(spec)['total'])]))"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert harness.returncode == 0, harness.stderr[-3000:]
+    spec, expected = json.loads(harness.stdout)
+    # From a directory without shapes.py, with only the repo importable.
+    found = _script(
+        ["-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
+         f"from experiments.tools import peer_bench; print(peer_bench._harness_flops({spec!r}))"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert float(found.stdout) == expected > 0
