@@ -7,7 +7,7 @@
 #   experiments/tools/gpu_check.sh              # a venv .venv_gpu with jax[cuda12] from PyPI
 #   PYTHON=/path/python experiments/tools/gpu_check.sh   # a python that already has CUDA jax
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repo root
 OUT="${OUT:-workdirs/gpu_check}"
 mkdir -p "$OUT"
 
