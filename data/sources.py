@@ -1,26 +1,12 @@
-"""Resolves a data spec string to a random-access source of image-caption examples.
+"""Resolves a data spec string to a random-access source of examples, through a registry.
 
-Specs:
-  "vlax_shapes"           the built-in synthetic dataset; generated into data_dir on first use.
-  "<tfds name>[/config][:version]"
-                          any tfds dataset already prepared under data_dir as array_record
-                          (never downloaded here: a missing one raises DatasetNotFoundError).
-  "user:<path>"           the user's own pairs: a folder, a .csv or a .jsonl (data.user_pairs).
-  "fashion_mnist"         Fashion-MNIST from Debian's dataset-fashion-mnist IDX files
-                          (data.fashion_mnist); data_dir is the folder of the IDX files
-                          (default /usr/share/datasets/fashion-mnist). Captions are the class
-                          name in one of five templates; "label" is the class. (A tfds
-                          build of the same name stays reachable by version, e.g.
-                          "fashion_mnist:3.0.1".)
-  "vlax_shapes_vqa"       questions about the built-in scenes (data.shapes_vqa_tfds): image,
-                          question, answer, question_type, caption, label, scene; generated
-                          into data_dir on first use like vlax_shapes.
-  "vlax_shapes_text"      text only: captions of the shapes grammar, no images
-                          (data.text_corpus), computed from the index; for the text-only mix.
-  "easy_vqa"              the real easy-VQA data shipped by PyPI `easy-vqa==1.0`
-                          (data.easy_vqa): image, question, answer, image_id. Read from the
-                          installed package (option `root`: a folder of the same layout);
-                          data_dir is not used.
+A spec names a registered *kind* of source, exactly ("vlax_shapes", "fashion_mnist") or by
+prefix ("user:<path>"); any other spec, "<tfds name>[/config][:version]", is a tfds dataset
+already prepared under data_dir as array_record (never downloaded here: a missing one raises
+DatasetNotFoundError). Each kind is one `SourceKind` subclass below, registered with
+`@register(name)`: its docstring says what the spec reads, `options` are the keyword options
+`get_source` passes on (any other raises TypeError), `open` opens a split and `info` is what
+`dataset_info` says of it. A new dataset adds its own module and one such entry.
 
 Paths (data_dir, user data) may be local or remote (gs://...): all go through etils.epath.
 
@@ -33,24 +19,21 @@ VQA sources have "question" and "answer" instead of a caption, text-only sources
 decoding any image (for tokenizer training and caption statistics); `texts(field,
 limit=None)` does the same for any text field (references for evaluators: the answers, or
 all captions of an image as a list); `read_texts` falls back to `captions` or to full reads
-for sources without `texts`. The splits of vlax_shapes_vqa, vlax_shapes_text and easy_vqa
-are "train" and "test".
+for sources without `texts`. A source whose example at index i may really be its example j
+(user pairs, which stand the next readable pair in for an unreadable image) also offers
+`read_with_index(i) -> (j, example)`, so evaluators can match the texts of j to the row.
 
 Splits: a name, optionally sliced tfds-style by example counts or percents of the split:
-"train", "test", "train[:10%]", "train[90%:]", "test[5:]", "test[:100]".
-  * tfds datasets have the splits they were prepared with (vlax_shapes: "train", "test").
-  * fashion_mnist has "train" (60,000) and "test" (10,000).
-  * User data has "train" and "test". A row's optional `split` column (CSV) / key (JSONL)
-    decides ("train", or "test"; "val" and "validation" also mean "test"); a row without
-    one goes to "test" with probability `holdout` (default 0.05) by a stable hash of its
-    image path relative to the listing's root, so adding rows never moves existing ones and
-    the split survives moving the data (e.g. to gs://). Slices apply within the split.
+"train", "test", "train[:10%]", "train[90%:]", "test[5:]", "test[:100]". The split names of
+each kind are in its entry; tfds datasets have the splits they were prepared with.
 """
 
 import fcntl
 import math
 import os
 import re
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -70,21 +53,287 @@ from data import (
 )
 
 BUILTIN = "vlax_shapes"
-FASHION_MNIST = "fashion_mnist"
-SHAPES_VQA = shapes_vqa_tfds.NAME
-SHAPES_TEXT = text_corpus.NAME
-EASY_VQA = easy_vqa.NAME
-_SHAPES_VQA_KWARGS = (*shapes_vqa_tfds.SIZE_KEYS,)
-_SHAPES_TEXT_KWARGS = ("train_size", "test_size", "p_two_objects")
 USER_PREFIX = "user:"
-_SHAPES_KWARGS = ("image_size", "train_size", "test_size", "p_two_objects")
-_USER_KWARGS = ("strict", "image_root", "holdout")
 _SPLIT_RE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 _CAPTION_READ_BATCH = 1024
 
 
 class DatasetNotFoundError(ValueError):
     """The named dataset is not available locally (nothing is ever downloaded)."""
+
+
+class SourceKind:
+    """One kind of data spec: the options it takes, how it opens a split, what it says of
+    itself. Subclasses document their spec in their docstring and register with `register`."""
+
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def open(self, spec: str, split: str, data_dir: paths.PathLike | None, **options):
+        """The random-access source of `split` (see the module docstring)."""
+        raise NotImplementedError
+
+    def info(self, spec: str, data_dir: paths.PathLike | None) -> dict:
+        """What `dataset_info` returns for `spec`; nothing by default."""
+        return {}
+
+
+_KINDS: dict[str, SourceKind] = {}
+_PREFIXES: dict[str, SourceKind] = {}
+
+
+def register(name: str, *, prefix: bool = False) -> Callable[[type], type]:
+    """Class decorator registering a SourceKind for the spec `name` (every spec starting
+    with `name` when `prefix`)."""
+
+    def decorator(cls: type) -> type:
+        table = _PREFIXES if prefix else _KINDS
+        if name in table and type(table[name]) is not cls:
+            raise ValueError(f"data spec {name!r} is already registered to {type(table[name])}")
+        table[name] = cls()
+        return cls
+
+    return decorator
+
+
+def source_kind(spec: str) -> SourceKind:
+    """The registered kind of `spec`: by exact name, then by prefix, else a prepared tfds
+    dataset."""
+    if spec in _KINDS:
+        return _KINDS[spec]
+    for prefix, kind in _PREFIXES.items():
+        if spec.startswith(prefix):
+            return kind
+    return _PREPARED_TFDS
+
+
+def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None, **kw):
+    """Returns a random-access source for `spec` and `split` (see the module docstring).
+
+    Args:
+      spec: a registered name ("vlax_shapes", "fashion_mnist", ...), "user:<path>" (local or
+        gs://), or a prepared tfds name.
+      split: e.g. "train", "test", "train[:90%]".
+      data_dir: tfds data directory (local or gs://); defaults to $TFDS_DATA_DIR or
+        ~/tensorflow_datasets. Kinds that read elsewhere say what it means to them.
+      **kw: the options of the spec's kind (its entry's `options`).
+
+    Raises:
+      DatasetNotFoundError: the dataset is not available locally.
+      TypeError: a keyword that the spec's kind does not take.
+      ValueError: an unknown split.
+    """
+    kind = source_kind(spec)
+    unknown = sorted(set(kw) - set(kind.options))
+    if unknown:
+        raise TypeError(
+            f"Unexpected options {unknown} for data spec {spec!r}; it takes {list(kind.options)}."
+        )
+    return kind.open(spec, split, data_dir, **kw)
+
+
+def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
+    """What evaluators need beyond the examples, without reading the data: "class_names" and
+    "prompt_templates" (classification and zero-shot), "has_hard_negatives", "answers" (the
+    answer vocabulary) and "majority_answer" (VQA), "question_types". Each kind's `info`
+    says which it has; a prepared tfds dataset has "class_names" when its "label" is a
+    ClassLabel.
+    """
+    return source_kind(spec).info(spec, data_dir)
+
+
+def read_texts(source, field: str, limit: int | None = None) -> list:
+    """`source.texts(field, limit)`, for any source: sources without `texts` (e.g. plain
+    lists) answer "caption" from `captions`, other fields from full reads (which decode
+    images: slower, same result)."""
+    if hasattr(source, "texts"):
+        return source.texts(field, limit)
+    if field == "caption" and hasattr(source, "captions"):
+        return source.captions(limit)
+    n = len(source) if limit is None else min(limit, len(source))
+    return [source[i][field] for i in range(n)]
+
+
+# ---------------------------------------------------------------- the registered kinds
+
+
+class _Generated(SourceKind):
+    """A tfds builder that vlax generates itself, into data_dir on first use; its options
+    are the builder's size arguments."""
+
+    builder: ClassVar[type[tfds.core.DatasetBuilder]]
+
+    def open(self, spec, split, data_dir, **options):
+        builder = self.builder(data_dir=data_dir, **options)
+        if not builder.is_prepared():
+            _prepare_locked(builder)
+        return _PreparedTfds.read(builder, spec, split)
+
+
+@register(BUILTIN)
+class _Shapes(_Generated):
+    """The built-in synthetic dataset (data.shapes_tfds), generated into data_dir on first
+    use; splits "train" and "test". Examples have "image", "caption", "label" and
+    "hard_negative"; info has "class_names", "prompt_templates" and "has_hard_negatives"."""
+
+    builder = shapes_tfds.VlaxShapes
+    options = ("image_size", "train_size", "test_size", "p_two_objects")
+
+    def info(self, spec, data_dir):
+        return {
+            "class_names": list(shapes.CLASS_NAMES),
+            "prompt_templates": list(shapes.PROMPT_TEMPLATES),
+            "has_hard_negatives": True,
+        }
+
+
+@register(shapes_vqa_tfds.NAME)
+class _ShapesVqa(_Generated):
+    """Questions about the built-in scenes (data.shapes_vqa_tfds): image, question, answer,
+    question_type, caption, label, scene; generated into data_dir on first use like
+    vlax_shapes (sizes count scenes); splits "train" and "test". info: "class_names",
+    "answers", "majority_answer" (of its default build's train split), "question_types"."""
+
+    builder = shapes_vqa_tfds.VlaxShapesVqa
+    options = shapes_vqa_tfds.SIZE_KEYS
+
+    def info(self, spec, data_dir):
+        return {
+            "class_names": list(shapes.CLASS_NAMES),
+            "answers": list(shapes_vqa.ANSWERS),
+            "majority_answer": shapes_vqa_tfds.MAJORITY_ANSWER,
+            "question_types": list(shapes_vqa.QUESTION_TYPES),
+        }
+
+
+@register(text_corpus.NAME)
+class _ShapesText(SourceKind):
+    """Text only: captions of the shapes grammar, no images (data.text_corpus), computed from
+    the index, for the text-only mix; splits "train" and "test" (sizes `<split>_size`)."""
+
+    options = ("train_size", "test_size", "p_two_objects")
+
+    def open(self, spec, split, data_dir, **options):
+        name, start, stop = _split_of(spec, split, sorted(text_corpus.SPLIT_SEEDS))
+        size = options.get(f"{name}_size")
+        source = text_corpus.ShapesTextSource(name, size, options.get("p_two_objects", 0.5))
+        return _sliced(source, spec, split, start, stop)
+
+
+@register(easy_vqa.NAME)
+class _EasyVqa(SourceKind):
+    """The real easy-VQA data shipped by PyPI `easy-vqa==1.0` (data.easy_vqa): image,
+    question, answer, image_id; splits "train" and "test". Read from the installed package
+    (option `root`: a folder of the same layout); data_dir is not used. info: "answers" (the
+    package's answer list) and "majority_answer"."""
+
+    options = ("root",)
+
+    def open(self, spec, split, data_dir, root=None):
+        name, start, stop = _split_of(spec, split, list(easy_vqa.SPLITS))
+        try:
+            source = easy_vqa.EasyVqaSource(root, name)
+        except FileNotFoundError as e:
+            raise DatasetNotFoundError(
+                f"Dataset {spec!r} not found: {e}. Install it with `{easy_vqa.INSTALL_HINT}` "
+                "(its wheel carries the data), or pass root= a folder of the same layout."
+            ) from None
+        return _sliced(source, spec, split, start, stop)
+
+    def info(self, spec, data_dir):
+        # The package's own answer list, without reading questions or images.
+        try:
+            answers = easy_vqa.read_answers(easy_vqa.package_data_dir())
+        except FileNotFoundError as e:
+            raise DatasetNotFoundError(f"{e}; install it with `{easy_vqa.INSTALL_HINT}`") from None
+        return {"answers": answers, "majority_answer": easy_vqa.MAJORITY_ANSWER}
+
+
+@register("fashion_mnist")
+class _FashionMnist(SourceKind):
+    """Fashion-MNIST from Debian's dataset-fashion-mnist IDX files (data.fashion_mnist);
+    data_dir is the folder of the IDX files (default /usr/share/datasets/fashion-mnist).
+    Splits "train" (60,000) and "test" (10,000). Captions are the class name in one of five
+    templates; "label" is the class. info: "class_names" and "prompt_templates"
+    (fashion_mnist.PROMPT_TEMPLATES, none of which is a training caption template). A tfds
+    build of the same name stays reachable by version, e.g. "fashion_mnist:3.0.1"."""
+
+    def open(self, spec, split, data_dir):
+        root = paths.as_path(data_dir if data_dir is not None else fashion_mnist.DEFAULT_DIR)
+        name, start, stop = _split_of(spec, split, sorted(fashion_mnist.SPLITS))
+        try:
+            source = fashion_mnist.FashionMnistSource(root, name)
+        except FileNotFoundError as e:
+            raise DatasetNotFoundError(
+                f"Dataset {spec!r} not found: {e}. Install Debian's IDX files with "
+                f"`{fashion_mnist.INSTALL_HINT}` (they go to {fashion_mnist.DEFAULT_DIR}), or "
+                "point data_dir at a folder holding them."
+            ) from None
+        return _sliced(source, spec, split, start, stop)
+
+    def info(self, spec, data_dir):
+        return {
+            "class_names": list(fashion_mnist.CLASS_NAMES),
+            "prompt_templates": list(fashion_mnist.PROMPT_TEMPLATES),
+        }
+
+
+@register(USER_PREFIX, prefix=True)
+class _UserPairs(SourceKind):
+    """The user's own pairs, "user:<path>": a folder, a .csv or a .jsonl (data.user_pairs);
+    data_dir is not used. Splits "train" and "test" as data.user_listing assigns them (a
+    row's `split` column or key, else "test" for a stable-hash share `holdout`, default
+    0.05, of the image paths); slices apply within the split."""
+
+    options = ("strict", "image_root", "holdout")
+
+    def open(self, spec, split, data_dir, **options):
+        path = paths.as_path(spec[len(USER_PREFIX) :])
+        if not path.exists():
+            raise DatasetNotFoundError(
+                f"User data {spec!r} not found: {path} does not exist. Give a folder of images "
+                "with same-stem .txt captions, a .csv (image,caption[,split]) or a .jsonl."
+            )
+        name, start, stop = _parse_split(split)
+        if name not in user_listing.SPLITS:
+            raise ValueError(
+                f"User data has the splits {list(user_listing.SPLITS)}, got {split!r} (a "
+                "listing's split column or key may also say 'val'/'validation', read as 'test')."
+            )
+        source = user_pairs.UserPairsSource(path, split=name, **options)
+        return _sliced(source, spec, split, start, stop)
+
+
+class _PreparedTfds(SourceKind):
+    """Any other spec, "<tfds name>[/config][:version]": a tfds dataset already prepared
+    under data_dir as array_record, with the splits it was prepared with. info:
+    "class_names" when its "label" is a ClassLabel."""
+
+    def open(self, spec, split, data_dir):
+        return self.read(_prepared_builder(spec, data_dir), spec, split)
+
+    @staticmethod
+    def read(builder: tfds.core.DatasetBuilder, spec: str, split: str) -> "TfdsSource":
+        """The `split` of a prepared builder; a split it was not prepared with raises."""
+        _split_of(spec, split, sorted(builder.info.splits.keys()))
+        return TfdsSource.from_builder(builder, split)
+
+    def info(self, spec, data_dir):
+        label = _class_label(_prepared_builder(spec, data_dir).info.features)
+        return {"class_names": list(label.names)} if label is not None else {}
+
+
+_PREPARED_TFDS = _PreparedTfds()
+
+
+def _sliced(source, spec: str, split: str, start: str | None, stop: str | None):
+    """`source.select` of the split's slice; a slice that selects nothing raises."""
+    source = source.select(*_slice_bounds(start, stop, len(source)))
+    if not len(source):
+        raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
+    return source
+
+
+# ---------------------------------------------------------------- tfds array_record
 
 
 class TfdsSource:
@@ -231,203 +480,12 @@ def _as_text(value):
     return [_as_text(v) for v in value]
 
 
-def get_source(spec: str, split: str, *, data_dir: paths.PathLike | None = None, **kw):
-    """Returns a random-access source for `spec` and `split` (see the module docstring).
-
-    Args:
-      spec: "vlax_shapes", "fashion_mnist", a tfds name, or "user:<path>" (local or gs://).
-      split: e.g. "train", "test", "train[:90%]".
-      data_dir: tfds data directory (local or gs://); defaults to $TFDS_DATA_DIR or
-        ~/tensorflow_datasets. For fashion_mnist the folder of its IDX files (default
-        /usr/share/datasets/fashion-mnist).
-      **kw: vlax_shapes: image_size, train_size, test_size, p_two_objects;
-        vlax_shapes_vqa: the same (sizes count scenes) and questions_per_scene;
-        vlax_shapes_text: train_size, test_size, p_two_objects; easy_vqa: root;
-        user data: strict, image_root, holdout; fashion_mnist and other tfds datasets: none.
-
-    Raises:
-      DatasetNotFoundError: the dataset is not available locally.
-      TypeError: a keyword that the spec's kind does not take.
-      ValueError: an unknown split.
-    """
-    if spec.startswith(USER_PREFIX):
-        _check_kwargs(spec, kw, _USER_KWARGS)
-        return _user_source(spec, split, **kw)
-    if spec == FASHION_MNIST:
-        _check_kwargs(spec, kw, ())
-        return _fashion_mnist_source(split, data_dir)
-    if spec == SHAPES_TEXT:
-        _check_kwargs(spec, kw, _SHAPES_TEXT_KWARGS)
-        return _shapes_text_source(split, **kw)
-    if spec == EASY_VQA:
-        _check_kwargs(spec, kw, ("root",))
-        return _easy_vqa_source(split, kw.get("root"))
-    if spec in (BUILTIN, SHAPES_VQA):
-        if spec == BUILTIN:
-            _check_kwargs(spec, kw, _SHAPES_KWARGS)
-            builder = shapes_tfds.VlaxShapes(data_dir=data_dir, **kw)
-        else:
-            _check_kwargs(spec, kw, _SHAPES_VQA_KWARGS)
-            builder = shapes_vqa_tfds.VlaxShapesVqa(data_dir=data_dir, **kw)
-        if not builder.is_prepared():
-            _prepare_locked(builder)
-    else:
-        _check_kwargs(spec, kw, ())
-        builder = _prepared_builder(spec, data_dir)
-    _check_split(builder, spec, split)
-    return TfdsSource.from_builder(builder, split)
-
-
-def _user_source(spec: str, split: str, **kw) -> user_pairs.UserPairsSource:
-    path = paths.as_path(spec[len(USER_PREFIX) :])
-    if not path.exists():
-        raise DatasetNotFoundError(
-            f"User data {spec!r} not found: {path} does not exist. Give a folder of images "
-            "with same-stem .txt captions, a .csv (image,caption[,split]) or a .jsonl."
-        )
-    name, start, stop = _parse_split(split)
-    if name not in user_listing.SPLITS:
-        raise ValueError(
-            f"User data has the splits {list(user_listing.SPLITS)}, got {split!r} (a "
-            "listing's split column or key may also say 'val'/'validation', read as 'test')."
-        )
-    source = user_pairs.UserPairsSource(path, split=name, **kw)
-    source = source.select(*_slice_bounds(start, stop, len(source)))
-    if not len(source):
-        raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
-    return source
-
-
-def _fashion_mnist_source(
-    split: str, data_dir: paths.PathLike | None
-) -> fashion_mnist.FashionMnistSource:
-    root = paths.as_path(data_dir if data_dir is not None else fashion_mnist.DEFAULT_DIR)
-    name, start, stop = _parse_split(split)
-    if name not in fashion_mnist.SPLITS:
-        raise ValueError(
-            f"Dataset {FASHION_MNIST!r} has no split {name!r}; available: "
-            f"{sorted(fashion_mnist.SPLITS)}."
-        )
-    try:
-        source = fashion_mnist.FashionMnistSource(root, name)
-    except FileNotFoundError as e:
-        raise DatasetNotFoundError(
-            f"Dataset {FASHION_MNIST!r} not found: {e}. Install Debian's IDX files with "
-            f"`{fashion_mnist.INSTALL_HINT}` (they go to {fashion_mnist.DEFAULT_DIR}), or "
-            "point data_dir at a folder holding them."
-        ) from None
-    source = source.select(*_slice_bounds(start, stop, len(source)))
-    if not len(source):
-        raise ValueError(f"Split {split!r} of {FASHION_MNIST!r} selects no examples.")
-    return source
-
-
-def _sliced(source, spec: str, split: str, start: str | None, stop: str | None):
-    source = source.select(*_slice_bounds(start, stop, len(source)))
-    if not len(source):
-        raise ValueError(f"Split {split!r} of {spec!r} selects no examples.")
-    return source
-
-
-def _shapes_text_source(split: str, **kw) -> text_corpus.ShapesTextSource:
-    name, start, stop = _parse_split(split)
-    if name not in text_corpus.SPLIT_SEEDS:
-        raise ValueError(
-            f"Dataset {SHAPES_TEXT!r} has no split {name!r}; available: "
-            f"{sorted(text_corpus.SPLIT_SEEDS)}."
-        )
-    size = kw.get(f"{name}_size")
-    source = text_corpus.ShapesTextSource(name, size, kw.get("p_two_objects", 0.5))
-    return _sliced(source, SHAPES_TEXT, split, start, stop)
-
-
-def _easy_vqa_source(split: str, root: paths.PathLike | None) -> easy_vqa.EasyVqaSource:
-    name, start, stop = _parse_split(split)
-    if name not in easy_vqa.SPLITS:
-        raise ValueError(
-            f"Dataset {EASY_VQA!r} has no split {name!r}; available: {list(easy_vqa.SPLITS)}."
-        )
-    try:
-        source = easy_vqa.EasyVqaSource(root, name)
-    except FileNotFoundError as e:
-        raise DatasetNotFoundError(
-            f"Dataset {EASY_VQA!r} not found: {e}. Install it with `{easy_vqa.INSTALL_HINT}` "
-            "(its wheel carries the data), or pass root= a folder of the same layout."
-        ) from None
-    return _sliced(source, EASY_VQA, split, start, stop)
-
-
-def read_texts(source, field: str, limit: int | None = None) -> list:
-    """`source.texts(field, limit)`, for any source: sources without `texts` (e.g. plain
-    lists) answer "caption" from `captions`, other fields from full reads (which decode
-    images: slower, same result)."""
-    if hasattr(source, "texts"):
-        return source.texts(field, limit)
-    if field == "caption" and hasattr(source, "captions"):
-        return source.captions(limit)
-    n = len(source) if limit is None else min(limit, len(source))
-    return [source[i][field] for i in range(n)]
-
-
-def dataset_info(spec: str, *, data_dir: paths.PathLike | None = None) -> dict:
-    """What evaluators need beyond the examples: class_names and prompt_templates, if any.
-
-    Returns:
-      {} for user data and vlax_shapes_text; {"class_names": [...]} for a tfds dataset with a
-      ClassLabel "label"; for vlax_shapes also "prompt_templates" and "has_hard_negatives";
-      for VQA datasets "answers" (the answer vocabulary) and "majority_answer" (of the train
-      split; vlax_shapes_vqa: of its default build), vlax_shapes_vqa also "class_names" and
-      "question_types"; for fashion_mnist "class_names" and "prompt_templates"
-      (fashion_mnist.PROMPT_TEMPLATES, none of which is a training caption template), without
-      reading the data.
-    """
-    if spec.startswith(USER_PREFIX):
-        return {}
-    if spec == FASHION_MNIST:
-        return {
-            "class_names": list(fashion_mnist.CLASS_NAMES),
-            "prompt_templates": list(fashion_mnist.PROMPT_TEMPLATES),
-        }
-    if spec == BUILTIN:
-        return {
-            "class_names": list(shapes.CLASS_NAMES),
-            "prompt_templates": list(shapes.PROMPT_TEMPLATES),
-            "has_hard_negatives": True,
-        }
-    if spec == SHAPES_VQA:
-        return {
-            "class_names": list(shapes.CLASS_NAMES),
-            "answers": list(shapes_vqa.ANSWERS),
-            "majority_answer": shapes_vqa_tfds.MAJORITY_ANSWER,
-            "question_types": list(shapes_vqa.QUESTION_TYPES),
-        }
-    if spec == SHAPES_TEXT:
-        return {}
-    if spec == EASY_VQA:
-        # The package's own answer list, without reading questions or images.
-        try:
-            answers = easy_vqa.read_answers(easy_vqa.package_data_dir())
-        except FileNotFoundError as e:
-            raise DatasetNotFoundError(f"{e}; install it with `{easy_vqa.INSTALL_HINT}`") from None
-        return {"answers": answers, "majority_answer": easy_vqa.MAJORITY_ANSWER}
-    label = _class_label(_prepared_builder(spec, data_dir).info.features)
-    return {"class_names": list(label.names)} if label is not None else {}
-
-
 def _class_label(features: tfds.features.FeaturesDict) -> tfds.features.ClassLabel | None:
     """The dataset's "label" feature if it is a ClassLabel (which carries class names)."""
     if "label" not in features:
         return None
     label = features["label"]
     return label if isinstance(label, tfds.features.ClassLabel) else None
-
-
-def _check_kwargs(spec: str, kw: dict, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(kw) - set(allowed))
-    if unknown:
-        raise TypeError(
-            f"Unexpected options {unknown} for data spec {spec!r}; it takes {list(allowed)}."
-        )
 
 
 def _prepare_locked(builder: tfds.core.DatasetBuilder) -> None:
@@ -529,6 +587,14 @@ def _parse_split(split: str) -> tuple[str, str | None, str | None]:
     return match.group(1), match.group(2), match.group(3)
 
 
+def _split_of(spec: str, split: str, available: list[str]) -> tuple[str, str | None, str | None]:
+    """`_parse_split` for a kind with the split names `available`; another name raises."""
+    name, start, stop = _parse_split(split)
+    if name not in available:
+        raise ValueError(f"Dataset {spec!r} has no split {name!r}; available: {available}.")
+    return name, start, stop
+
+
 def _slice_bounds(start: str | None, stop: str | None, n: int) -> tuple[int, int]:
     """Python slice bounds from tfds-style "[start:stop]" strings (ints or percents of n)."""
 
@@ -540,10 +606,3 @@ def _slice_bounds(start: str | None, stop: str | None, n: int) -> tuple[int, int
         return int(bound)
 
     return resolve(start, 0), resolve(stop, n)
-
-
-def _check_split(builder: tfds.core.DatasetBuilder, spec: str, split: str) -> None:
-    name, _, _ = _parse_split(split)
-    available = sorted(builder.info.splits.keys())
-    if name not in available:
-        raise ValueError(f"Dataset {spec!r} has no split {name!r}; available: {available}.")

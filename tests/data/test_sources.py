@@ -350,3 +350,32 @@ def test_read_texts_falls_back_for_plain_sources():
     ]
     assert sources.read_texts(rows, "q", 2) == ["q0", "q1"]
     assert sources.read_texts(rows, "caption") == ["c0", "c1", "c2", "c3"]
+
+
+def test_a_registered_kind_serves_its_spec_and_options(monkeypatch, tmp_path):
+    monkeypatch.setattr(sources, "_KINDS", dict(sources._KINDS))  # registered for this test only
+
+    @sources.register("tiny_lists")
+    class TinyLists(sources.SourceKind):
+        """Captions "<split> <i>" for i < n."""
+
+        options = ("n",)
+
+        def open(self, spec, split, data_dir, n=3):
+            return [{"caption": f"{split} {i}"} for i in range(n)]
+
+        def info(self, spec, data_dir):
+            return {"class_names": ["tiny"]}
+
+    assert sources.get_source("tiny_lists", "test", n=2) == [
+        {"caption": "test 0"},
+        {"caption": "test 1"},
+    ]
+    assert sources.dataset_info("tiny_lists") == {"class_names": ["tiny"]}
+    with pytest.raises(TypeError, match=r"Unexpected options \['m'\].*it takes \['n'\]"):
+        sources.get_source("tiny_lists", "test", m=2)
+    with pytest.raises(ValueError, match="'fashion_mnist' is already registered"):
+        sources.register("fashion_mnist")(TinyLists)
+    # Only the exact name is the kind: a versioned one is a prepared tfds dataset.
+    with pytest.raises(sources.DatasetNotFoundError, match="tiny_lists"):
+        sources.get_source("tiny_lists:1.0.0", "test", data_dir=str(tmp_path))
