@@ -138,7 +138,13 @@ def retrieval_recall(
       ks: the k of each Recall@k; i2t skips k > M and t2i skips k > N (trivially 1).
       tie_tol: see the module docstring.
 
-    Returns: see `grouped_retrieval_recall` (here every image is its own group).
+    Returns:
+      "i2t_r@{k}": over images with at least one caption, the fraction for which ANY of its
+        captions is in the top k of the M captions (rank = other images' captions scoring
+        >= its best one).
+      "t2i_r@{k}": over captions, the fraction whose image is in the top k of the N images.
+      "chance_i2t_r@{k}": mean over those images of 1 - C(M-c, k) / C(M, k), c = its number
+        of captions (c/M at k=1); "chance_t2i_r@{k}": k/N.
     """
     t2i = np.asarray(text_to_image)
     n = len(image_emb)
@@ -146,7 +152,8 @@ def retrieval_recall(
         raise ValueError(f"text_to_image must be int [M], got {t2i.dtype} {t2i.shape}")
     if len(t2i) and (t2i.min() < 0 or t2i.max() >= n):
         raise ValueError(f"text_to_image must lie in [0, {n}), got [{t2i.min()}, {t2i.max()}]")
-    return grouped_retrieval_recall(image_emb, text_emb, np.arange(n), t2i, ks, tie_tol=tie_tol)
+    # Every caption is its own image->text candidate.
+    return _recall(image_emb, text_emb, np.arange(n), t2i, np.arange(len(t2i)), ks, tie_tol)
 
 
 def grouped_retrieval_recall(
@@ -158,20 +165,45 @@ def grouped_retrieval_recall(
     *,
     tie_tol: float = DEFAULT_TIE_TOL,
 ) -> dict[str, float]:
-    """Recall@k where an (image, text) pair matches iff their group ids are equal.
+    """Recall@k where an (image, text) pair matches iff their group ids are equal, and
+    image->text ranks the G distinct text groups, not the M text rows.
 
-    One group per image is ordinary retrieval; one group per distinct caption string makes
-    identical captions of different images interchangeable (synthetic data repeats captions,
-    and a model cannot rank equal texts apart).
+    One group per distinct caption string makes identical captions of different images
+    one caption (synthetic data repeats captions, and a model cannot rank equal texts
+    apart): ranking rows would let the copies of one wrong caption fill the top k. A group
+    scores the best of its rows. Rows of one caption embed equally up to float rounding
+    (they may sit in different batches), and the best is the same whichever row comes
+    first; for groups of different texts it is "any of them in the top k".
+
+    Args:
+      image_emb: [N, D]; text_emb: [M, D].
+      image_groups: [N] and text_groups: [M] group ids (any comparable ids).
+      ks, tie_tol: as in `retrieval_recall`; i2t skips k > G, t2i k > N.
 
     Returns:
-      "i2t_r@{k}": over images with at least one matching text, the fraction for which ANY
-        matching text is in the top k (rank = non-matching texts scoring >= the best match).
-      "t2i_r@{k}": over texts with at least one matching image, likewise.
-      "chance_i2t_r@{k}": mean over those images of 1 - C(M-c, k) / C(M, k), c = its number of
-        matching texts (c/M at k=1); "chance_t2i_r@{k}" likewise over texts (k/N when each
-        text matches one image).
+      "i2t_r@{k}": over images whose group has a text, the fraction whose group ranks in
+        the top k of the G groups (rank = other groups scoring >= it).
+      "t2i_r@{k}": over texts whose group has an image, the fraction for which ANY image of
+        the group is in the top k of the N images (rank = other groups' images scoring >=
+        the best match).
+      "chance_i2t_r@{k}": k/G (one group of G in the top k at random); "chance_t2i_r@{k}":
+        mean over those texts of 1 - C(N-c, k) / C(N, k), c = its number of matching images.
     """
+    tg = np.asarray(text_groups)
+    return _recall(image_emb, text_emb, image_groups, tg, tg, ks, tie_tol)
+
+
+def _recall(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    image_groups: np.ndarray,
+    text_groups: np.ndarray,
+    text_candidates: np.ndarray,
+    ks: Sequence[int],
+    tie_tol: float,
+) -> dict[str, float]:
+    """Recall@k both ways; `text_candidates` [M] says which text rows image->text ranks as
+    one candidate (scored by their best row; all rows of a candidate share a group)."""
     ks = _check_ks(ks)
     img = l2_normalize(_check_2d("image_emb", image_emb))
     txt = l2_normalize(_check_2d("text_emb", text_emb))
@@ -183,6 +215,12 @@ def grouped_retrieval_recall(
         raise ValueError(f"groups must be [N]={n} and [M]={m}, got {ig.shape} and {tg.shape}")
     if n == 0 or m == 0:
         raise ValueError(f"retrieval_recall needs images and texts, got N={n}, M={m}")
+    _, first, candidate = np.unique(text_candidates, return_index=True, return_inverse=True)
+    num_candidates = len(first)
+    # Text columns sorted by candidate: each candidate's rows are one run for reduceat.
+    order = np.argsort(candidate, kind="stable")
+    starts = np.searchsorted(candidate[order], np.arange(num_candidates))
+    candidate_groups = tg[first]
 
     # Pass 1: each text's best matching-image score (its t2i target).
     t2i_best = np.full(m, -np.inf)
@@ -194,27 +232,33 @@ def grouped_retrieval_recall(
     # Pass 2: ranks = non-matching candidates scoring at least the best match (ties lose).
     i2t_rank = np.zeros(n, dtype=np.int64)
     t2i_rank = np.zeros(m, dtype=np.int64)
-    texts_per_image = np.zeros(n, dtype=np.int64)
+    candidates_per_image = np.zeros(n, dtype=np.int64)
     images_per_text = np.zeros(m, dtype=np.int64)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         scores = img[start:stop] @ txt.T
         match = ig[start:stop, None] == tg[None, :]
-        best = np.where(match, scores, -np.inf).max(axis=1)
-        i2t_rank[start:stop] = ((scores >= best[:, None] - tie_tol) & ~match).sum(axis=1)
         t2i_rank += ((scores >= t2i_best[None, :] - tie_tol) & ~match).sum(axis=0)
-        texts_per_image[start:stop] = match.sum(axis=1)
         images_per_text += match.sum(axis=0)
+        by_candidate = np.maximum.reduceat(scores[:, order], starts, axis=1)  # [n_chunk, G]
+        hit = ig[start:stop, None] == candidate_groups[None, :]
+        best = np.where(hit, by_candidate, -np.inf).max(axis=1)
+        i2t_rank[start:stop] = ((by_candidate >= best[:, None] - tie_tol) & ~hit).sum(axis=1)
+        candidates_per_image[start:stop] = hit.sum(axis=1)
 
     out: dict[str, float] = {}
-    has_text, has_image = texts_per_image > 0, images_per_text > 0
-    for k in (k for k in ks if k <= m):
+    has_text, has_image = candidates_per_image > 0, images_per_text > 0
+    i2t_ks = [k for k in ks if k <= num_candidates]
+    t2i_ks = [k for k in ks if k <= n]
+    for k in i2t_ks:
         out[f"i2t_r@{k}"] = float(np.mean(i2t_rank[has_text] < k))
-    for k in (k for k in ks if k <= n):
+    for k in t2i_ks:
         out[f"t2i_r@{k}"] = float(np.mean(t2i_rank[has_image] < k))
-    for k in (k for k in ks if k <= m):
-        out[f"chance_i2t_r@{k}"] = _chance_any_in_top_k(texts_per_image[has_text], m, k)
-    for k in (k for k in ks if k <= n):
+    for k in i2t_ks:
+        out[f"chance_i2t_r@{k}"] = _chance_any_in_top_k(
+            candidates_per_image[has_text], num_candidates, k
+        )
+    for k in t2i_ks:
         out[f"chance_t2i_r@{k}"] = _chance_any_in_top_k(images_per_text[has_image], n, k)
     return out
 

@@ -441,11 +441,59 @@ def test_grouped_retrieval_treats_identical_captions_as_one():
     assert plain["i2t_r@1"] == pytest.approx(1 / 3) and plain["t2i_r@1"] == pytest.approx(1 / 3)
     grouped = metrics.grouped_retrieval_recall(image, text, groups, groups, ks=(1, 2))
     assert grouped["i2t_r@1"] == 1.0 and grouped["t2i_r@1"] == 1.0
-    # Chance: images 0/1 match 2 of 3 texts, image 2 matches 1 of 3.
-    assert grouped["chance_i2t_r@1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+    # Chance: image->text ranks the 2 distinct captions, one of them right; text->image ranks
+    # the 3 images, texts 0/1 matching 2 of them and text 2 one.
+    assert grouped["chance_i2t_r@1"] == 0.5 and grouped["chance_i2t_r@2"] == 1.0
     assert grouped["chance_t2i_r@2"] == pytest.approx((1 + 1 + (1 - 1 / 3)) / 3)
     # Groups change which pairs match, not the scores: swapping image 2 for a copy of image 0
     # makes every text's best match tie with a non-matching image (ties lose), and image 2
     # now prefers the red-circle texts over its own.
     worse = metrics.grouped_retrieval_recall(image[[0, 1, 0]], text, groups, groups, ks=(1,))
     assert worse["t2i_r@1"] == 0.0 and worse["i2t_r@1"] == pytest.approx(2 / 3)
+
+
+def test_grouped_image_to_text_ranks_distinct_captions():
+    # Six images share three captions A, B, C (two rows each, equal rows: equal texts). Scores
+    # of each image with each caption; the rank of an image's caption among the 3 distinct
+    # ones: image 0 prefers B (rank 1), image 3 prefers C (rank 1), image 4 prefers A and B
+    # (rank 2), the others rank their own first. Counting rows instead, both copies of a
+    # wrong caption would sit ahead (ranks 2, 2, 4) and R@2 would equal R@1.
+    by_caption = np.array(
+        [
+            [0.5, 0.85, 0.1],
+            [0.9, 0.2, 0.1],
+            [0.1, 0.9, 0.2],
+            [0.3, 0.4, 0.8],
+            [0.7, 0.6, 0.5],
+            [0.1, 0.2, 0.9],
+        ]
+    )
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    image, text = embeddings_with_scores(by_caption[:, groups])
+    out = metrics.grouped_retrieval_recall(image, text, groups, groups, ks=(1, 2, 3, 5))
+    assert (out["i2t_r@1"], out["i2t_r@2"], out["i2t_r@3"]) == (3 / 6, 5 / 6, 1.0)
+    assert "i2t_r@5" not in out  # only 3 distinct captions
+    assert out["chance_i2t_r@1"] == pytest.approx(1 / 3)
+    assert out["chance_i2t_r@2"] == pytest.approx(2 / 3)
+    # Text->image stays per image: every caption's best image beats the other four images.
+    assert out["t2i_r@1"] == 1.0 and out["t2i_r@5"] == 1.0
+    # Chance over 6 images of which 2 match: 1 - C(4, k) / C(6, k).
+    assert out["chance_t2i_r@1"] == pytest.approx(2 / 6)
+    assert out["chance_t2i_r@2"] == pytest.approx(1 - 6 / 15)
+    assert out["chance_t2i_r@3"] == pytest.approx(1 - 4 / 20)
+
+
+def test_grouped_caption_scores_by_its_best_row():
+    # Rows 0 and 2 hold one caption (0), embedded differently; image 0's caption is 1.
+    image = np.array([[1.0, 0.0], [0.0, 1.0]])
+    text = np.array([[0.6, 0.8], [0.8, 0.6], [0.85, np.sqrt(1 - 0.85**2)]])
+    image_groups, text_groups = np.array([1, 0]), np.array([0, 1, 0])
+    out = metrics.grouped_retrieval_recall(image, text, image_groups, text_groups, ks=(1,))
+    # Image 0: caption 1 scores 0.8, caption 0 its best row 0.85 -> miss. Image 1: caption 0
+    # scores 0.8 (row 0) against caption 1's 0.6 -> hit.
+    assert out["i2t_r@1"] == 0.5
+    # The order of the rows does not matter (a first-row rule would give 1.0, then 0.0).
+    flipped = metrics.grouped_retrieval_recall(
+        image, text[[2, 1, 0]], image_groups, text_groups, ks=(1,)
+    )
+    assert flipped["i2t_r@1"] == 0.5
