@@ -36,6 +36,8 @@ from data import preprocess, tasks
 from data.tokenizer import Tokenizer
 
 Example = dict[str, Any]
+# Source indices in eval batches: their padding rows hold -1, which no example has.
+_INDEX_KEYS = ("index", "text_index")
 
 
 def _process_info(index: int | None, count: int | None) -> tuple[int, int]:
@@ -47,37 +49,6 @@ def _process_info(index: int | None, count: int | None) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ValueError(f"process_index={index} outside [0, process_count={count})")
     return index, count
-
-
-class _Load:
-    """Source index -> example with the raw image, text tokens, label and the index itself.
-
-    `texts_key` is tokenised into "tokens", each of `extra_texts` into "<field>_tokens".
-    """
-
-    def __init__(
-        self,
-        source,
-        tokenizer: Tokenizer | None,
-        max_len: int,
-        texts_key: str | None,
-        extra_texts: Sequence[str] = (),
-    ):
-        self.source, self.tokenizer = source, tokenizer
-        self.max_len, self.texts_key, self.extra_texts = max_len, texts_key, tuple(extra_texts)
-
-    def __call__(self, index: int) -> Example:
-        raw = self.source[int(index)]
-        ex = {"image": preprocess.decode(raw["image"]), "index": np.int64(index)}
-        if self.texts_key is not None:
-            ex["tokens"] = self.tokenizer.encode([raw[self.texts_key]], self.max_len)[0]
-        if "label" in raw:
-            ex["label"] = np.int32(raw["label"])
-        for field in self.extra_texts:
-            if field not in raw:
-                raise ValueError(_missing_field(field, raw, index))
-            ex[f"{field}_tokens"] = self.tokenizer.encode([raw[field]], self.max_len)[0]
-        return ex
 
 
 def _missing_field(field: str, raw: Example, index: int) -> str:
@@ -105,12 +76,24 @@ def resolve_task(task: str | tasks.Task, tokenizer, max_len: int, task_args=None
     return tasks.get_task(task, tokenizer, max_len, task_args)
 
 
+def _read_with_index(source, index: int) -> tuple[int, Example]:
+    """(j, example): the example at `index` and the source index j whose pair it really is.
+
+    j == index except for sources that stand one example in for another and say so through
+    `read_with_index` (user pairs replace an unreadable image by the next readable pair).
+    """
+    read = getattr(source, "read_with_index", None)
+    return read(index) if read is not None else (index, source[index])
+
+
 class _TaskLoad:
     """Source index (+ grain's per-position generator) -> the task's layout, the decoded
     image (tasks with images), "index", "label" if the source has one (unless
     `keep_label=False`) and "<field>_tokens" for each of `extra_texts`.
 
-    `prompt=True` gives the task's eval layout (`Task.prompt`) instead of its train layout.
+    `prompt=True` gives the task's eval layout (`Task.prompt`) instead of its train layout,
+    and "text_index": the source index whose texts the row holds (`_read_with_index`), so
+    evaluators read the references of the pair actually used.
     """
 
     def __init__(
@@ -127,11 +110,13 @@ class _TaskLoad:
 
     def __call__(self, index: int, rng: np.random.Generator | None = None) -> Example:
         index = int(index)
-        raw = self.source[index]
+        used, raw = _read_with_index(self.source, index)
         ex = self.task.prompt(raw, index) if self.prompt else self.task(raw, index, rng)
         if self.task.has_image:
             ex["image"] = preprocess.decode(raw["image"])
         ex["index"] = np.int64(index)
+        if self.prompt:
+            ex["text_index"] = np.int64(used)
         if self.keep_label and "label" in raw:
             ex["label"] = np.int32(raw["label"])
         for field in self.extra_texts:
@@ -243,11 +228,12 @@ def make_train_iterator(
 
 
 def _pad_batch(batch: Example, batch_size: int) -> Example:
-    """Pads [n, ...] leaves to [batch_size, ...] (index -1) and adds "mask" bool [batch_size]."""
+    """Pads [n, ...] leaves to [batch_size, ...] (indices -1) and adds "mask" bool [batch_size]."""
     n = len(batch["index"])
     out = {}
     for key, value in batch.items():
-        pad = np.full((batch_size - n, *value.shape[1:]), -1 if key == "index" else 0, value.dtype)
+        fill = -1 if key in _INDEX_KEYS else 0
+        pad = np.full((batch_size - n, *value.shape[1:]), fill, value.dtype)
         out[key] = np.concatenate([value, pad])
     out["mask"] = np.arange(batch_size) < n
     return out
@@ -256,51 +242,48 @@ def _pad_batch(batch: Example, batch_size: int) -> Example:
 def make_eval_batches(
     source,
     *,
-    tokenizer: Tokenizer | None,
+    tokenizer: Tokenizer,
     batch_size: int,
     image_size: int,
     max_len: int,
-    texts_key: str | None = "caption",
     extra_texts: Sequence[str] = (),
     process_index: int = 0,
     process_count: int = 1,
     num_threads: int = 2,
     mean: float | Sequence[float] = 0.5,
     std: float | Sequence[float] = 0.5,
-    task: str | tasks.Task | None = None,
+    task: str | tasks.Task = "caption",
     task_args: Mapping[str, Any] | None = None,
     indices: Sequence[int] | None = None,
 ) -> Iterator[Example]:
     """Yields one in-order pass over the source, without augmentation (images resized to S x S).
 
-    Batches have the keys of `make_train_iterator` (no "tokens" when `texts_key` is None) plus
-    "mask": bool [batch_size], False on padding, and "<field>_tokens": int32 [batch_size, L]
-    for each text field named in `extra_texts` (e.g. ("hard_negative",); none by default).
-    The last batch is padded to `batch_size` (padding has index -1), so no example is dropped
-    or counted twice. With process_count > 1, process p reads examples p, p + P, ... and every
-    process yields the same number of batches (some possibly all padding), as multi-host
-    evaluation needs.
+    Batches hold the task's eval layout (`Task.prompt`; a name from data.tasks, or a Task):
+    for "caption" (the default) the caption tokens of `make_train_iterator`; for generative
+    tasks the prompt, "prompt" int32 [batch_size, L] (prompt pieces only, padded),
+    "prompt_len" int32 [batch_size] and "has_image" bool [batch_size]. Besides: "image",
+    "index" int64 [batch_size], "label" when the source has labels, "text_index" int64
+    [batch_size] (the source index whose texts the row holds: its own index, unless the
+    source stood another example in for an unreadable one, see `_read_with_index`), "mask"
+    bool [batch_size] (False on padding), and "<field>_tokens" int32 [batch_size, L] for
+    each text field named in `extra_texts` (e.g. ("hard_negative",); none by default).
+    References for scoring come from the source's `texts(field)` at "text_index".
 
-    With `task` (a name from data.tasks, or a Task), batches hold the task's eval layout
-    instead of `texts_key`'s tokens: for generative tasks the prompt, "prompt" int32
-    [batch_size, L] (prompt pieces only, padded), "prompt_len" int32 [batch_size] and
-    "has_image" bool [batch_size]; for "caption" the caption tokens as without a task.
-    References for scoring come from the source's `texts(field)`, in the same order.
-
-    `indices` (instead of process striding): read exactly these source examples, in this
-    order (multi-host evaluation: each host reads the rows its devices hold).
+    The last batch is padded to `batch_size` (padding has index and text_index -1), so no
+    example is dropped or counted twice. With process_count > 1, process p reads examples
+    p, p + P, ... and every process yields the same number of batches (some possibly all
+    padding), as multi-host evaluation needs. `indices` (instead of process striding): read
+    exactly these source examples, in this order (multi-host evaluation: each host reads
+    the rows its devices hold).
 
     Raises:
-      ValueError: no tokenizer for texts_key/extra_texts/task, an empty source, a field of
-        `extra_texts` that the source's examples lack (checked on example 0 up front), or
-        one the task needs.
+      ValueError: no tokenizer, an empty source, a field of `extra_texts` that the source's
+        examples lack (checked on example 0 up front), or one the task needs.
     """
     if isinstance(extra_texts, str):
         raise TypeError(f"extra_texts must be a sequence of field names, got {extra_texts!r}")
-    if (texts_key is not None or extra_texts or task is not None) and tokenizer is None:
-        raise ValueError("a tokenizer is required when texts_key, extra_texts or task is set")
-    if task is not None and texts_key != "caption":
-        raise ValueError(f"texts_key={texts_key!r} applies without a task; the task decides")
+    if tokenizer is None:
+        raise ValueError("a tokenizer is required: the task encodes the examples' texts")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} outside [0, {process_count})")
     n = len(source)
@@ -318,12 +301,9 @@ def make_eval_batches(
     num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
     if indices is not None:
         num_batches = math.ceil(len(indices) / batch_size)
-    if task is None:
-        load = _Load(source, tokenizer, max_len, texts_key, extra_texts)
-    else:
-        task = resolve_task(task, tokenizer, max_len, task_args)
-        task.check_fields(source_fields(source))
-        load = _TaskLoad(source, task, prompt=True, extra_texts=extra_texts)
+    task = resolve_task(task, tokenizer, max_len, task_args)
+    task.check_fields(source_fields(source))
+    load = _TaskLoad(source, task, prompt=True, extra_texts=extra_texts)
     transform = _ImageTransform(image_size, mean, std, augment=False)
     if indices is not None:
         ds = grain.MapDataset.source(indices.tolist()).map(load).map(transform)

@@ -14,14 +14,24 @@ walk; images are decoded when read. Problems the listing shows (no caption file,
 caption or image path) are found at construction; an image that is missing or cannot be
 decoded is found when it is read. By default both are skipped and counted (`skipped`): a
 bad image read at index i is replaced by the next readable pair in index order (wrapping),
-so index i always gives the same example. With `strict=True` the first bad pair raises a
+so index i always gives the same example, and `read_with_index(i)` says which pair that is
+(evaluators match references to it). With `strict=True` the first bad pair raises a
 ValueError naming the file and the reason.
+
+A read that fails transiently (`is_transient`: an I/O error, a timeout, a dropped connection,
+as network filesystems and mounted buckets give now and then) is retried after each delay
+of `READ_RETRY_DELAYS_S`; only a file that stays unreadable is swapped. Marking a file bad
+on one such blip would change the examples for the rest of the process (a resumed run would
+no longer see the data of the run it continues). A missing file, a missing permission or a
+folder named like an image is not retried (it says what the path is, not how a read went),
+nor is an image that fails to decode (its bytes were read, and would read the same).
 """
 
 import copy
 import io
 import logging
 import threading
+import time
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -29,6 +39,10 @@ from PIL import Image, ImageOps
 from data import paths, user_listing
 
 logger = logging.getLogger(__name__)
+# Seconds slept before each retry of a transient read error (4 tries, 2.1 s at most).
+READ_RETRY_DELAYS_S = (0.1, 0.4, 1.6)
+# OSErrors that describe the file, not the read: retrying cannot change them.
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -47,19 +61,44 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return array
 
 
+def is_transient(error: OSError) -> bool:
+    """Whether a read may succeed if tried again: any OSError but a missing file, a missing
+    permission, or a path that is (or runs through) something other than a file."""
+    return not isinstance(error, _PERMANENT_ERRORS)
+
+
+def read_bytes(path: paths.PathLike) -> bytes:
+    """The file's bytes, retrying transient errors after each delay of READ_RETRY_DELAYS_S.
+
+    Raises:
+      OSError: a permanent error at once, a transient one once every retry failed.
+    """
+    for delay in READ_RETRY_DELAYS_S:
+        try:
+            return paths.as_path(path).read_bytes()
+        except OSError as e:
+            if not is_transient(e):
+                raise
+            logger.info("Retrying %s in %.1f s after %s: %s", path, delay, type(e).__name__, e)
+        time.sleep(delay)
+    return paths.as_path(path).read_bytes()
+
+
 def load_rgb(path: paths.PathLike) -> np.ndarray:
-    """Reads an image file (local or gs://) and decodes it to uint8 [H, W, 3] RGB."""
-    return decode_rgb(paths.as_path(path).read_bytes())
+    """Reads an image file (local or gs://, transient errors retried) and decodes it to
+    uint8 [H, W, 3] RGB."""
+    return decode_rgb(read_bytes(path))
 
 
 def _read_problem(image_path: str) -> tuple[np.ndarray | None, str | None]:
     """(image, None) if `image_path` reads and decodes, else (None, why not)."""
     try:
-        data = paths.as_path(image_path).read_bytes()
+        data = read_bytes(image_path)
     except FileNotFoundError:
         return None, "missing image file"
-    except OSError as e:  # permissions, a folder named like an image, ...
-        return None, f"unreadable file ({type(e).__name__}: {e})"
+    except OSError as e:  # permissions, a folder named like an image, retries used up, ...
+        tries = f" after {len(READ_RETRY_DELAYS_S) + 1} tries" if is_transient(e) else ""
+        return None, f"unreadable file{tries} ({type(e).__name__}: {e})"
     try:
         return decode_rgb(data), None
     except Exception as e:  # Pillow raises many exception types on bad files
@@ -179,6 +218,11 @@ class UserPairsSource:
 
         A bad pair at `index` (strict=False) gives the next readable one, wrapping around.
         """
+        return self.read_with_index(index)[1]
+
+    def read_with_index(self, index: int) -> tuple[int, dict]:
+        """(j, `self[index]`): j in [0, len) is the pair the example really is, `index`
+        (made non-negative) unless that pair's image is bad and pair j stands in for it."""
         n = len(self.pairs)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} pairs")
@@ -189,7 +233,7 @@ class UserPairsSource:
             image_path, caption = self.pairs[i]
             image, problem = _read_problem(image_path)
             if problem is None:
-                return {"image": image, "caption": caption}
+                return i, {"image": image, "caption": caption}
             if self.strict:
                 raise ValueError(f"Bad image-caption pair {image_path}: {problem}")
             self._record_bad(i, image_path, problem)

@@ -5,7 +5,12 @@ with caption i describing image i: the standard protocol, comparable with publis
 With `group_identical_captions=True`, captions with exactly the same text are treated as one
 caption shared by their images: a model cannot rank equal texts apart, and synthetic data
 repeats captions ("a large red circle"), so scoring them as wrong would only measure the tie
-rule. Grouping is by the caption *text*, never by (possibly truncated) token rows.
+rule. Image->text then ranks the distinct captions (`metrics.grouped_retrieval_recall`), so
+copies of one wrong caption count once and its chance level is k / (distinct captions);
+text->image still ranks every image. Grouping is by the caption *text*, never by (possibly
+truncated) token rows: the text of each row's "text_index" (the source example whose caption
+the row holds, which is not the row's own index when the source stood a readable pair in
+for an unreadable image), read from the data's `captions`.
 
 Config (`config.evals.<name>`):
   type="retrieval", data (dataset spec for make_data), split, batch_size (rows per embed call),
@@ -33,7 +38,8 @@ _OPTIONAL = {
 class RetrievalEvaluator:
     """Image->text and text->image Recall@k.
 
-    `run` returns {"i2t_r@{k}", "t2i_r@{k}", "chance_i2t_r@{k}", "chance_t2i_r@{k}" for k <= N,
+    `run` returns {"i2t_r@{k}", "chance_i2t_r@{k}" for k up to the number of captions (of
+    distinct captions when grouping), "t2i_r@{k}", "chance_t2i_r@{k}" for k <= N,
     "num_examples"} and, when grouping, "distinct_captions".
     """
 
@@ -55,15 +61,18 @@ class RetrievalEvaluator:
     def run(self, predict: evaluators.PredictFns) -> dict:
         """Embeds every valid (image, caption) pair; returns flat float metrics."""
         embed_image, embed_text = predict["embed_image"], predict["embed_text"]
-        image_emb, text_emb = [], []
+        image_emb, text_emb, text_index = [], [], []
         for chunk, n in evaluators.valid_chunks(
             self._batches_fn,
             ("image", "tokens"),
             batch_size=self.batch_size,
             max_examples=self.max_examples,
+            host_keys=("text_index",) if self.group else (),
         ):
             image_emb.append(evaluators.embed_chunk(embed_image, chunk["image"], n))
             text_emb.append(evaluators.embed_chunk(embed_text, chunk["tokens"], n))
+            if self.group:
+                text_index.append(chunk["text_index"][:n])
         if not image_emb:
             raise ValueError("retrieval: the eval split has no valid (mask=True) examples")
         image_emb, text_emb = np.concatenate(image_emb), np.concatenate(text_emb)
@@ -71,13 +80,21 @@ class RetrievalEvaluator:
         if not self.group:
             out = metrics.retrieval_recall(image_emb, text_emb, np.arange(num), ks=self.ks)
         else:
-            # Valid rows come in source order, so row i is caption i of the split.
-            texts = list(self._captions(num))
-            if len(texts) != num:
-                raise ValueError(f"retrieval: {len(texts)} caption texts for {num} examples")
-            ids: dict[str, int] = {}
-            groups = np.array([ids.setdefault(t, len(ids)) for t in texts])
+            groups, distinct = self._caption_groups(np.concatenate(text_index))
             out = metrics.grouped_retrieval_recall(image_emb, text_emb, groups, groups, ks=self.ks)
-            out["distinct_captions"] = float(len(ids))
+            out["distinct_captions"] = float(distinct)
         out["num_examples"] = float(num)
         return out
+
+    def _caption_groups(self, text_index: np.ndarray) -> tuple[np.ndarray, int]:
+        """[n] int group id of each row's caption text, and the number of distinct texts."""
+        limit = int(text_index.max()) + 1
+        texts = list(self._captions(limit))
+        if text_index.min() < 0 or len(texts) < limit:
+            raise ValueError(
+                f"retrieval: rows name caption indices {text_index.min()}..{limit - 1}, but "
+                f"the data has {len(texts)} captions"
+            )
+        ids: dict[str, int] = {}
+        groups = np.array([ids.setdefault(texts[i], len(ids)) for i in text_index])
+        return groups, len(ids)

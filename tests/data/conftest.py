@@ -1,20 +1,30 @@
-"""A `gs://` filesystem for tests, kept in memory: epath's gs:// backend, pointed at TF's ram://.
+"""Fixtures of the data tests: a `gs://` filesystem kept in memory, and another process.
 
 With TensorFlow installed, epath serves gs:// paths through `tf.io.gfile`. The `gcs` fixture
 swaps that backend for one that rewrites gs://bucket/... to TensorFlow's in-memory ram://
 filesystem, so code under test takes exactly the non-local path it takes on a pod, offline,
 and nothing it writes touches the local disk.
+
+`other_process` runs a snippet in a fresh interpreter with another PYTHONHASHSEED: data that
+every host generates for itself (datasets, tokenizers, input streams) must come out the same
+there, which a second call in the same process cannot show. `batches_in_other_process` hands
+back the batches such a snippet leaves in `batches`.
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 import types
 import uuid
 
+import numpy as np
 import pytest
 from etils import epath
 from etils.epath import backend, gpath
 
 _GS, _RAM = "gs://", "ram://"
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _to_ram(value):
@@ -73,3 +83,51 @@ def gcs(monkeypatch) -> epath.Path:
     (root / "probe").unlink()
     yield root
     tf.io.gfile.rmtree(_RAM + name)
+
+
+@pytest.fixture
+def other_process():
+    """`run(code) -> stdout`: runs Python `code` from the repo root in a new interpreter whose
+    PYTHONHASHSEED differs from this one's; a failing snippet fails the test with its stderr."""
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(_REPO))
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=_REPO, env=env, capture_output=True, text=True
+        )
+        if done.returncode:
+            raise AssertionError(f"the other process failed:\n{done.stderr}")
+        return done.stdout
+
+    return run
+
+
+def save_batches(batches: list[dict], path: str) -> None:
+    """Writes batches (dicts of arrays) to an .npz file as "<step>.<key>" arrays."""
+    np.savez(path, **{f"{s}.{k}": v for s, b in enumerate(batches) for k, v in b.items()})
+
+
+def load_batches(path) -> list[dict]:
+    """The batches `save_batches` wrote, in order."""
+    with np.load(path) as saved:
+        steps = sorted({int(name.split(".")[0]) for name in saved.files})
+        return [
+            {k.split(".", 1)[1]: saved[k] for k in saved.files if k.split(".")[0] == str(s)}
+            for s in steps
+        ]
+
+
+@pytest.fixture
+def batches_in_other_process(other_process, tmp_path):
+    """`run(code) -> list[dict]`: runs `code` with `other_process`; it must leave a list of
+    batches in `batches`, which come back through an .npz file."""
+    path = str(tmp_path / "other_process_batches.npz")
+
+    def run(code: str) -> list[dict]:
+        other_process(
+            f"{code}\nfrom tests.data.conftest import save_batches\nsave_batches(batches, {path!r})"
+        )
+        return load_batches(path)
+
+    return run

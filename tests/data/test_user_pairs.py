@@ -1,10 +1,12 @@
 """Loading a user's own image-caption pairs from a folder, a CSV or a JSONL file."""
 
+import errno
 import json
 import logging
 import os
 import pickle
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,6 +191,63 @@ def test_bad_images_warn_rate_limited_and_count_once_across_threads(tmp_path, ca
     warnings = [r for r in caplog.records if "unreadable image(s) so far" in r.getMessage()]
     assert [r.getMessage().split()[0] for r in warnings] == ["1", "2", "4"]  # not one per file
     assert pickle.loads(pickle.dumps(src))[1]["caption"] == "picture 2"
+
+
+def _failing_reads(monkeypatch, failures: dict[str, int | type]) -> list[float]:
+    """Image reads of the files named in `failures` fail: the first n reads with an I/O
+    error (n an int), or every read with the given OSError class. Returns the sleeps."""
+    path_cls = type(epath.Path("/"))
+    original = path_cls.read_bytes
+
+    def read_bytes(self):
+        name = os.path.basename(str(self))
+        failure = failures.get(name, 0)
+        if isinstance(failure, type):
+            raise failure(errno.EACCES, "Permission denied", str(self))
+        if failure:
+            failures[name] -= 1
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return original(self)
+
+    monkeypatch.setattr(path_cls, "read_bytes", read_bytes)
+    sleeps = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    return sleeps
+
+
+def test_a_read_that_fails_once_is_retried_and_changes_nothing(folder, monkeypatch):
+    clean = UserPairsSource(str(folder))
+    expected = [clean[i] for i in range(len(clean))]
+    sleeps = _failing_reads(monkeypatch, {"1_green.png": 1})
+    src = UserPairsSource(str(folder))
+    got = [src[i] for i in range(len(src))]
+    assert [ex["caption"] for ex in got] == [ex["caption"] for ex in expected]
+    for ex, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(ex["image"], want["image"])
+    assert src.skipped == [] and sleeps == [0.1]  # one retry, after the first delay
+    assert src.read_with_index(1)[0] == 1
+
+
+def test_a_file_that_stays_unreadable_is_swapped_after_the_retries(folder, monkeypatch):
+    sleeps = _failing_reads(monkeypatch, {"1_green.png": 99})
+    src = UserPairsSource(str(folder))
+    index, ex = src.read_with_index(1)
+    assert (index, ex["caption"]) == (2, "a blue square")  # the next readable pair
+    _check_solid(ex, _COLORS["blue"])
+    assert sleeps == [0.1, 0.4, 1.6]  # 4 tries
+    [(path, reason)] = src.skipped
+    assert path.endswith("1_green.png")
+    assert reason.startswith("unreadable file after 4 tries (OSError: [Errno 5]")
+    assert src.read_with_index(0)[0] == 0 and src.read_with_index(-3)[0] == 0
+
+
+def test_a_permanent_read_error_is_not_retried(folder, monkeypatch):
+    sleeps = _failing_reads(monkeypatch, {"0_red.png": PermissionError})
+    src = UserPairsSource(str(folder))
+    assert src.read_with_index(0)[0] == 1 and sleeps == []
+    assert src.skipped[0][1].startswith("unreadable file (PermissionError")
+    with pytest.raises(PermissionError):
+        user_pairs.load_rgb(src.pairs[0][0])
 
 
 def test_missing_file_in_csv(tmp_path):

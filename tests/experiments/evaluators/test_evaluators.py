@@ -3,7 +3,9 @@
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
+from data import pipeline, user_pairs
 from experiments import evaluators
 from experiments.evaluators import metrics
 from experiments.evaluators.retrieval import RetrievalEvaluator
@@ -497,3 +499,56 @@ def test_grouped_caption_scores_by_its_best_row():
         image, text[[2, 1, 0]], image_groups, text_groups, ks=(1,)
     )
     assert flipped["i2t_r@1"] == 0.5
+
+
+_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+class ColourTokens:
+    """A tokenizer stand-in: a caption's second word, a colour, is its one token (1, 2, 3)."""
+
+    pad_id = 0
+
+    def encode(self, texts, max_len):
+        out = np.zeros((len(texts), max_len), np.int32)
+        out[:, 0] = [list(_COLOURS).index(t.split()[1]) + 1 for t in texts]
+        return out
+
+
+def test_grouped_references_follow_a_swapped_user_image(tmp_path):
+    # Pair 1's image is broken: the source gives pair 2 (green) in its place, so the split's
+    # rows hold red, green, green, blue and their captions, not the listing's four captions.
+    for i, (name, caption) in enumerate(
+        [("red", "a red square"), ("broken", "a broken picture"), ("green", "a green square"),
+         ("blue", "a blue square")]
+    ):  # fmt: skip
+        if name == "broken":
+            (tmp_path / f"{i}.png").write_bytes(b"\x89PNG not an image")
+        else:
+            Image.new("RGB", (4, 4), _COLOURS[name]).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(caption)
+    source = user_pairs.UserPairsSource(str(tmp_path))
+
+    def batches_fn(indices=None):
+        return pipeline.make_eval_batches(
+            source, tokenizer=ColourTokens(), batch_size=3, image_size=4, max_len=2,
+            indices=indices,
+        )  # fmt: skip
+
+    info = {"fields": ["caption", "image"], "captions": source.captions}
+    config = dict(type="retrieval", data="d", split="test", batch_size=4, ks=(1,))
+    ev = RetrievalEvaluator(
+        dict(config, group_identical_captions=True),
+        make_data=lambda spec, split: (batches_fn, info),
+    )
+    # Images embed as their colour (pixels normalised to [-1, 1]), captions as their token.
+    predict = {
+        "embed_image": lambda x: (np.asarray(x)[:, 0, 0, :] > 0).astype(np.float64),
+        "embed_text": lambda t: np.eye(3)[np.asarray(t)[:, 0] - 1],
+    }
+    out = ev.run(predict)
+    # Rows 1 and 2 share "a green square": one caption, found first by both green images.
+    assert out["distinct_captions"] == 3.0
+    assert out["i2t_r@1"] == 1.0 and out["t2i_r@1"] == 1.0
+    assert out["chance_i2t_r@1"] == pytest.approx(1 / 3)
+    assert [p for p, _ in source.skipped] == [str(tmp_path / "1.png")]
