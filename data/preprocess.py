@@ -67,26 +67,6 @@ def resize(image: np.ndarray, size: int | Sequence[int], method: str = "bilinear
     return np.asarray(out, dtype=np.uint8)
 
 
-def center_crop(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
-    """Crops the central [h, w] window of [H, W, C] (H >= h, W >= w)."""
-    h, w = _hw(size)
-    height, width = image.shape[:2]
-    if h > height or w > width:
-        raise ValueError(f"crop {h}x{w} larger than image {height}x{width}")
-    top, left = (height - h) // 2, (width - w) // 2
-    return image[top : top + h, left : left + w]
-
-
-def resize_small_and_center_crop(
-    image: np.ndarray, size: int, method: str = "bicubic"
-) -> np.ndarray:
-    """CLIP-style eval transform: shorter side to `size`, then central [size, size] crop."""
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
-    return center_crop(resize(image, new_hw, method), size)
-
-
 def normalize(
     image: np.ndarray,
     mean: float | Sequence[float] = 0.5,

@@ -294,18 +294,3 @@ def render_indexed(seed: int, index: int, image_size: int = 64, p_two_objects: f
     """Example `index` of the stream seeded by `seed`; independent of every other index."""
     rng = np.random.default_rng([seed, index])
     return render_example(rng, image_size=image_size, p_two_objects=p_two_objects)
-
-
-def render_single(
-    color: str, shape: str, size: str, rng: np.random.Generator, image_size: int = 64
-) -> np.ndarray:
-    """One given object at a random position (for zero-shot eval sets). Returns uint8 [S, S, 3]."""
-    _check_size(image_size)
-    if color not in COLORS or shape not in SHAPES or size not in SIZES:
-        raise ValueError(
-            f"Unknown attributes ({color!r}, {shape!r}, {size!r}); expected colour in "
-            f"{list(COLORS)}, shape in {list(SHAPES)}, size in {list(SIZES)}."
-        )
-    half = _half_extent(size, rng, image_size)
-    cx, cy = _place_free(half, rng, image_size), _place_free(half, rng, image_size)
-    return _render([SceneObject(color, shape, size, cx, cy, half)], rng, image_size)

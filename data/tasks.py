@@ -293,15 +293,3 @@ class VQA(Task):
             "prompt_len": np.int32(len(question)),
             "has_image": np.bool_(True),
         }
-
-
-def loss_mask(tokens: np.ndarray, prefix_len: np.ndarray, pad_id: int) -> np.ndarray:
-    """bool [..., L]: the positions a generative loss scores (>= prefix_len, not padding).
-
-    For objectives and tests; `tokens` [..., L], `prefix_len` [...]. Padding is found from
-    the end (everything after the EOS), so a pad id that is also a real piece is harmless.
-    """
-    tokens = np.asarray(tokens)
-    positions = np.arange(tokens.shape[-1])
-    not_pad = np.flip(np.cumsum(np.flip(tokens != pad_id, -1), -1) > 0, -1)
-    return (positions >= np.asarray(prefix_len)[..., None]) & not_pad

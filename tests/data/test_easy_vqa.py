@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import easy_vqa, sources, tasks
+from data import easy_vqa, sources
 from data.pipeline import make_eval_batches, make_train_iterator
 from data.tokenizer import Tokenizer, train_sentencepiece
 
@@ -112,8 +112,11 @@ def test_vqa_task_batches_from_the_fake_copy(fake_root, tmp_path_factory):
         src, global_batch_size=3, seed=0, process_index=0, process_count=1, **kw
     )
     batch = next(it)
-    mask = tasks.loss_mask(batch["tokens"], batch["prefix_len"], tok.pad_id)
-    answers = [tok.decode([row[m]])[0] for row, m in zip(batch["tokens"], mask, strict=True)]
+    # The loss target (from prefix_len to the EOS) is each row's answer.
+    answers = [
+        tok.decode([row[k:]])[0]
+        for row, k in zip(batch["tokens"], batch["prefix_len"], strict=True)
+    ]
     assert answers == [src.texts("answer")[i] for i in batch["index"]]
     prompts = next(make_eval_batches(src, batch_size=4, **kw))
     assert tok.decode(prompts["prompt"][:3]) == src.texts("question")

@@ -81,9 +81,14 @@ def test_batches_hold_both_sources_in_one_layout(tokenizer):
         assert text == pools[src][i]["caption"]
 
 
-def test_same_seed_same_stream_and_seeds_differ(tokenizer):
+def test_same_seed_same_stream_in_any_process_and_seeds_differ(tokenizer, batches_in_other_process):
     a = take(mixed(tokenizer, seed=3), 8)
-    assert_batches_equal(a, take(mixed(tokenizer, seed=3), 8))
+    there = batches_in_other_process(
+        "from data.tokenizer import Tokenizer\n"
+        "from tests.data.test_mixing import mixed, take\n"
+        f"batches = take(mixed(Tokenizer({tokenizer.model_path!r}), seed=3), 8)"
+    )
+    assert_batches_equal(a, there)
     b = take(mixed(tokenizer, seed=4), 8)
     assert any(not np.array_equal(x["index"], y["index"]) for x, y in zip(a, b, strict=True))
 

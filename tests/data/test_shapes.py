@@ -1,6 +1,7 @@
 """The synthetic shapes renderer (captions true to the pixels) and its tfds builder."""
 
 import collections
+import hashlib
 import re
 
 import numpy as np
@@ -93,14 +94,15 @@ def test_captions_match_geometry_and_colours(examples):
 
 
 def test_sizes_are_separated_per_shape():
+    # One-object scenes: the caption names the object, its colour mask measures its area.
     rng = np.random.default_rng(1)
     areas = collections.defaultdict(list)
+    for _ in range(240):
+        ex = shapes.render_example(rng, image_size=32, p_two_objects=0.0)
+        [(size, color, shape)], _ = _parse(ex["caption"])
+        areas[shape, size].append(_color_mask(ex["image"], color).sum())
     for shape in shapes.SHAPES:
-        for size in shapes.SIZES:
-            for color in ("red", "blue"):
-                image = shapes.render_single(color, shape, size, rng, image_size=32)
-                areas[shape, size].append(_color_mask(image, color).sum())
-    for shape in shapes.SHAPES:
+        assert len(areas[shape, "small"]) > 5 and len(areas[shape, "large"]) > 5
         assert max(areas[shape, "small"]) < min(areas[shape, "large"]), shape
 
 
@@ -121,30 +123,27 @@ def test_hard_negatives_differ_and_are_false(examples):
         assert not _caption_true(ex["hard_negative"], scene, relation), ex
 
 
-def test_rendering_is_deterministic_per_seed():
-    a = shapes.render_example(np.random.default_rng(7), image_size=32)
-    b = shapes.render_example(np.random.default_rng(7), image_size=32)
-    np.testing.assert_array_equal(a["image"], b["image"])
-    assert (a["caption"], a["hard_negative"], a["label"]) == (
-        b["caption"],
-        b["hard_negative"],
-        b["label"],
+def _digest(ex: dict) -> str:
+    """sha256 of an example's pixels, captions and label."""
+    text = "\0".join([ex["caption"], ex["hard_negative"], str(ex["label"])])
+    return hashlib.sha256(ex["image"].tobytes() + text.encode()).hexdigest()
+
+
+def test_rendering_is_a_function_of_the_seed_in_any_process(other_process):
+    here = [
+        _digest(shapes.render_example(np.random.default_rng(7), image_size=32)),
+        _digest(shapes.render_indexed(3, 5, image_size=32)),
+    ]
+    there = other_process(
+        "import numpy as np\n"
+        "from data import shapes\n"
+        "from tests.data.test_shapes import _digest\n"
+        "print(_digest(shapes.render_example(np.random.default_rng(7), image_size=32)))\n"
+        "print(_digest(shapes.render_indexed(3, 5, image_size=32)))\n"
     )
-    c = shapes.render_indexed(3, 5, image_size=32)
-    d = shapes.render_indexed(3, 5, image_size=32)
+    assert there.split() == here
     e = shapes.render_indexed(4, 5, image_size=32)
-    np.testing.assert_array_equal(c["image"], d["image"])
-    assert not np.array_equal(c["image"], e["image"])
-
-
-def test_render_single_draws_the_requested_object():
-    image = shapes.render_single("green", "cross", "large", np.random.default_rng(2), 48)
-    assert image.shape == (48, 48, 3) and image.dtype == np.uint8
-    mask = _color_mask(image, "green")
-    x, y = np.rint(_centroid(mask)).astype(int)
-    assert mask.sum() > 30 and mask[y, x]
-    with pytest.raises(ValueError, match="Unknown attributes"):
-        shapes.render_single("mauve", "circle", "small", np.random.default_rng(0), 32)
+    assert _digest(e) != here[1]  # another stream seed, another example
     with pytest.raises(ValueError, match="image_size"):
         shapes.render_example(np.random.default_rng(0), image_size=16)
 

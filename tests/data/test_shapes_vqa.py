@@ -93,15 +93,22 @@ def test_answers_are_true_to_the_pixels():
     assert seen["yes"] > 20 and seen["no"] > 20
 
 
-def test_scenes_are_vlax_shapes_scenes_and_questions_deterministic():
+def test_scenes_are_vlax_shapes_scenes_and_questions_deterministic(other_process):
     seed = shapes_tfds.SPLIT_SEEDS["test"]
     image, scene, questions = shapes_vqa.scene_questions(seed, 4, 5, image_size=32)
     plain = shapes.render_indexed(seed, 4, image_size=32)
     np.testing.assert_array_equal(image, plain["image"])
     assert scene.caption == plain["caption"] and scene.label == plain["label"]
+    # Without rendering: the same scene and questions (drawing takes nothing from the stream).
     none, same, again = shapes_vqa.scene_questions(seed, 4, 5, image_size=32, render=False)
     assert none is None and same == scene and again == questions
     assert len(questions) == 5  # five types apply to every scene
+    # Another process (another string hash seed) asks the same questions.
+    there = other_process(
+        "from data import shapes_vqa\n"
+        f"print(repr(shapes_vqa.scene_questions({seed}, 4, 5, image_size=32, render=False)[2]))"
+    )
+    assert there.strip() == repr(questions)
 
 
 def test_yes_and_no_are_balanced():
