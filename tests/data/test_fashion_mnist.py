@@ -3,6 +3,7 @@ config that trains on it with the locked MiniLM text tower."""
 
 import gzip
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ from data import fashion_mnist, sources
 from data import tokenizer as tokenizer_lib
 from experiments.evaluators import build_evaluators
 from experiments.interop import hf_bert
-from experiments.training import config_utils, inputs, trainer
+from experiments.training import config_utils, inputs, model_config, run_spec
 
 CONFIG = "experiments/configs/lit/minilm_fashion.py"
 SIZES = {"train": 23, "test": 7}
@@ -190,7 +191,7 @@ def test_minilm_tokenizer_fits_every_caption_and_prompt_in_the_configs_max_len()
 @pytest.mark.parametrize("arg", ["", ":runlocal", ":patch=7,steps=50,lr=3e-4"])
 def test_config_loads_and_validates_without_the_data(arg):
     config = config_utils.load_config(CONFIG + arg)
-    trainer.validate_config(config)
+    run_spec.check(config, num_devices=jax.device_count())
     minilm = str(hf_bert.minilm_dir())
     assert config.init.hf == minilm and tuple(config.init.load) == ("txt",)
     assert tuple(config.optim.freeze) == ("txt/.*",)
@@ -201,7 +202,7 @@ def test_config_loads_and_validates_without_the_data(arg):
     assert text.post_norm and text.num_classes is None
     assert config.model.image.num_classes == 384
     assert config.data.image_size % config.model.image.patch_size == 0
-    assert config.optim.total_steps == config.total_steps
+    assert "total_steps" not in config.optim  # the schedule spans config.total_steps
     if arg == ":runlocal":
         assert config.total_steps <= 20 and config.evals.zero_shot.split == "test[:512]"
 
@@ -218,7 +219,7 @@ def test_config_data_and_evals_build_on_synthetic_idx_files(idx_dir):
     assert zero_shot.templates == list(fashion_mnist.PROMPT_TEMPLATES)
     assert zero_shot.prompt_tokens.shape == (10 * len(fashion_mnist.PROMPT_TEMPLATES), 16)
     assert zero_shot.prompt_tokens[0, 0] == data.tokenizer.bos_id  # [CLS]
-    model_config = inputs.complete_model_config(
-        objectives.get_objective(config.objective), config.model, data
+    towers = model_config.complete(
+        objectives.get_objective(config.objective), config.model, data.model_fields()
     )
-    assert model_config["text"]["vocab_size"] == data.tokenizer.vocab_size == 30522
+    assert towers["text"]["vocab_size"] == data.tokenizer.vocab_size == 30522
