@@ -40,13 +40,13 @@ def einsum_attention(
       matmul_dtype: both matmuls' input dtype (None: q's), accumulated in float32.
 
     Returns:
-      [B, T, H, hd]. Semantics match `jax.nn.dot_product_attention` (fully masked rows
-      give a uniform average, not NaN).
+      [B, T, H, hd]. A query row without any valid key gives 0 (it attends to nothing).
     """
     scale = jnp.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
     # Scaling q ([.., T, hd]) is cheaper than scaling the logits ([.., T, S]).
     logits = precision.einsum("bhtd,bhsd->bhts", q * scale, k, matmul_dtype)
+    padded = mask is not None  # a causal mask alone leaves every row its diagonal key
     if causal:
         t, s = logits.shape[-2:]
         tri = jnp.tril(jnp.ones((t, s), bool))
@@ -62,7 +62,27 @@ def einsum_attention(
     total = jnp.sum(unnormalised, -1, keepdims=True)
     out = precision.einsum("bhts,bhsd->bhtd", unnormalised.astype(v.dtype), v, matmul_dtype)
     out = (out.astype(jnp.float32) / total).astype(v.dtype)
+    out = zero_rows_without_keys(out, mask if padded else None, heads_axis=1)
     return out.transpose(0, 2, 1, 3)
+
+
+def zero_rows_without_keys(out: Array, mask: Array | None, *, heads_axis: int) -> Array:
+    """`out` with every query row that has no valid key set to 0.
+
+    Softmax over a row whose keys are all masked (e.g. a text-only example's empty prefix)
+    is uniform over the masked keys, so the row would average values it must not see; such
+    a row contributes nothing instead (and passes no gradient to q, k or v).
+
+    out: [B, H, T, hd] (heads_axis=1) or [B, T, H, hd] (heads_axis=2); mask: bool
+    broadcastable to [B, H, T, S] (any causal part included), None = every key valid.
+    """
+    if mask is None:
+        return out
+    mask = jnp.asarray(mask)
+    has_keys = jnp.any(mask.reshape((1,) * (4 - mask.ndim) + mask.shape), -1, keepdims=True)
+    if heads_axis == 2:
+        has_keys = jnp.swapaxes(has_keys, 1, 2)
+    return jnp.where(has_keys, out, jnp.zeros((), out.dtype))
 
 
 def attention(
@@ -74,8 +94,9 @@ def attention(
     implementation: str | None = None,
     matmul_dtype: Dtype | None = None,
 ) -> Array:
-    """Dispatches to `einsum_attention` or `jax.nn.dot_product_attention`. Shapes as there;
-    `matmul_dtype` (None: q's) is what q, k, v enter the kernels as."""
+    """Dispatches to `einsum_attention` or `jax.nn.dot_product_attention`. Shapes as there,
+    and as there a query row without any valid key gives 0; `matmul_dtype` (None: q's) is
+    what q, k, v enter the kernels as."""
     if implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
             f"Unknown attention implementation {implementation!r}: {ATTN_IMPLEMENTATIONS}"
@@ -88,7 +109,10 @@ def attention(
     out = jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=causal, implementation=implementation
     )
-    return out.astype(out_dtype)
+    # jax's kernels average a row without keys uniformly over the masked values.
+    if mask is not None and causal:
+        mask = jnp.logical_and(mask, jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool)))
+    return zero_rows_without_keys(out, mask, heads_axis=2).astype(out_dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -238,7 +262,7 @@ def einsum_attention_heads_major(
         logits = jnp.where(mask, logits, -0.7 * jnp.finfo(jnp.float32).max)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = precision.einsum("bhts,bhsd->bhtd", weights, v, matmul_dtype)
-    return out.transpose(0, 2, 1, 3)
+    return zero_rows_without_keys(out, mask, heads_axis=1).transpose(0, 2, 1, 3)
 
 
 class GroupedQueryAttention(nn.Module):

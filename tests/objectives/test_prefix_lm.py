@@ -66,6 +66,20 @@ def test_loss_counts_suffix_tokens_only_and_ignores_padding(setup):
     np.testing.assert_allclose(model.apply({"params": params}, longer)[0], loss, rtol=1e-5)
 
 
+def test_text_only_row_with_an_empty_prefix_ignores_its_image(setup):
+    """Such a row has no valid memory key (encoder_decoder: every encoder and cross-attention
+    key is masked): it must not average the masked image tokens in."""
+    model, params = setup
+    batch = dict(_batch(), prefix_len=np.array([2, 0, 0], np.int32))
+    other = batch["image"].copy()
+    other[2] = np.random.default_rng(5).normal(size=other[2].shape) * 3.0
+    loss = model.apply({"params": params}, batch)[0]
+    np.testing.assert_allclose(model.apply({"params": params}, dict(batch, image=other))[0], loss)
+    # Positive control: the same change on a row with an image changes the loss.
+    other[0] = other[2]
+    assert abs(float(model.apply({"params": params}, dict(batch, image=other))[0] - loss)) > 1e-5
+
+
 def test_suffix_never_sees_the_future_and_prefix_is_input(setup):
     model, params = setup
     batch = _batch()
