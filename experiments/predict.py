@@ -7,10 +7,14 @@ r"""Predictions for people: captions / answers for image files, or zero-shot lab
         --labels "red circle,blue square,green cross"
 
 Generative runs (any objective with a `generate` method) print one line per image: the file,
-the generated text and its log-probability. Contrastive runs print each image's zero-shot
-probabilities over `--labels`. The model, tokenizer and preprocessing come from the workdir
-alone; every input is checked (files readable, prompt length, decoding mode) before anything
-compiles.
+the generated text and its log-probability; the prompt (or question) is laid out as the data
+tasks lay out what the evaluators generate from. Contrastive runs print each image's zero-shot
+probabilities over `--labels`, as the trained loss models them (the objective's
+`match_probabilities`): a softmax over the labels for CLIP, each label's independent match
+probability for SigLIP (they need not sum to 1), against prompt-averaged class embeddings
+built as the zero-shot evaluator builds them. The model, tokenizer and preprocessing come
+from the workdir alone; every input is checked (files readable, prompt length, decoding mode)
+before anything compiles.
 """
 
 import os
@@ -21,7 +25,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import objectives  # noqa: E402
-from data import preprocess, user_pairs  # noqa: E402
+from data import preprocess, tasks, user_pairs  # noqa: E402
+from experiments.evaluators import metrics  # noqa: E402
+from experiments.evaluators import zero_shot as zero_shot_eval  # noqa: E402
 from experiments.training import checkpointing, cli, inputs, run_meta  # noqa: E402
 from models import generation  # noqa: E402
 
@@ -56,17 +62,17 @@ def load_images(paths, data: dict) -> np.ndarray:
 
 
 def zero_shot(model, params, tokenizer, images, labels, templates, max_len) -> np.ndarray:
-    """[n, C] probabilities (softmax of the logit scale times cosine similarity)."""
-    prompts = [t.replace("{}", label) for label in labels for t in templates]
-    text = np.asarray(
-        model.apply({"params": params}, tokenizer.encode(prompts, max_len), method="embed_text")
-    )
-    text = text.reshape(len(labels), len(templates), -1).mean(axis=1)
-    text /= np.linalg.norm(text, axis=-1, keepdims=True)
-    image = np.asarray(model.apply({"params": params}, images, method="embed_image"))
-    logits = np.exp(min(float(params["log_temp"]), np.log(100.0))) * image @ text.T
-    logits -= logits.max(axis=1, keepdims=True)
-    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    """[n, C] probabilities of n images [n, S, S, 3] over C labels, as the trained loss models
+    them (`match_probabilities`: a softmax over the labels for CLIP, each label's own sigmoid
+    for SigLIP), against the class embeddings the zero-shot evaluator builds."""
+
+    def apply(method, *args):
+        return np.asarray(model.apply({"params": params}, *args, method=method))
+
+    prompts = tokenizer.encode(zero_shot_eval.build_prompts(labels, templates), max_len)
+    classes = metrics.class_embeddings(apply("embed_text", prompts), len(templates))
+    image_emb = apply("embed_image", images)
+    return apply("match_probabilities", image_emb, classes.astype(image_emb.dtype))
 
 
 def _templates(config) -> list[str]:
@@ -76,22 +82,32 @@ def _templates(config) -> list[str]:
     return ["a photo of a {}.", "{}"]
 
 
-def generate(model, params, tokenizer, images, prompt: str, *, max_len, max_new, decode):
-    """[(text, log-probability)] per image for a generative objective."""
-    ids = tokenizer.encode([prompt], max_len, add_eos=False) if prompt else None
-    length = int((ids != tokenizer.pad_id).sum()) if prompt else 0
-    if prompt and length >= max_len:
+def prompt_layout(tokenizer, max_len: int, text: str) -> tuple[np.ndarray, int]:
+    """(int32 [max_len] prompt, its length): what generation starts from, in the eval layout
+    of the data tasks (data/tasks.py `Task.prompt`: the text's pieces, no EOS, padded), as the
+    captioning and VQA evaluators pass it to `generate`. The vqa task lays out the whole text
+    (prefix_lm's prompt is a cut of a caption); no text is the empty prompt of captioning."""
+    if not text.strip():
+        return np.full((max_len,), tokenizer.pad_id, np.int32), 0
+    layout = tasks.get_task("vqa", tokenizer, max_len).prompt({"question": text}, 0)
+    length, pieces = int(layout["prompt_len"]), len(tokenizer.pieces([text])[0])
+    if length < pieces:  # the task keeps room to generate and cuts the rest
         raise PredictError(
-            f"the prompt has {length} tokens; the model's text length is {max_len}: shorten it"
+            f"the prompt has {pieces} tokens; the model's text length is {max_len}, which "
+            f"leaves room for {length}: shorten it"
         )
+    return layout["prompt"], length
+
+
+def generate(model, params, tokenizer, images, prompt, prompt_len: int, *, max_new, decode):
+    """[(text, log-probability)] per image [n, S, S, 3] for a generative objective, every image
+    continuing the same prompt (int32 [L] and its length, from `prompt_layout`)."""
     n = len(images)
-    prompts = np.zeros((n, max_len), np.int32) if ids is None else np.repeat(ids, n, axis=0)
-    lengths = np.full((n,), length, np.int32)
     out = model.apply(
         {"params": params},
         images,
-        prompts,
-        lengths,
+        np.repeat(prompt[None], n, axis=0),
+        np.full((n,), prompt_len, np.int32),
         method="generate",
         max_new_tokens=max_new,
         decode=decode,
@@ -118,13 +134,13 @@ def run(workdir: str, image_paths: list[str]) -> None:
     max_len = int(data["max_len"])
     if _LABELS.value:
         labels = [x.strip() for x in _LABELS.value.split(",") if x.strip()]
-        if not callable(getattr(model, "embed_image", None)) or not labels:
+        if not callable(getattr(model, "match_probabilities", None)) or not labels:
             raise PredictError("--labels needs a contrastive run and at least one label")
         params, _ = checkpointing.load_params(workdir, step)
         probs = zero_shot(model, params, tokenizer, images, labels, _templates(config), max_len)
         for path, row in zip(image_paths, probs, strict=True):
             ranked = sorted(zip(labels, row, strict=True), key=lambda x: -x[1])
-            print(path, "  ".join(f"{label}: {p:.3f}" for label, p in ranked))
+            print(path, "  ".join(f"{label}: {p:.4g}" for label, p in ranked))
         return
     if not callable(getattr(model, "generate", None)):
         raise PredictError(f"objective {meta['objective']!r} does not generate; use --labels")
@@ -134,14 +150,15 @@ def run(workdir: str, image_paths: list[str]) -> None:
         generation.parse_mode(_DECODE.value)
     except ValueError as e:
         raise PredictError(f"--decode {_DECODE.value!r}: {e}") from None
+    prompt, prompt_len = prompt_layout(tokenizer, max_len, _QUESTION.value or _PROMPT.value or "")
     params, _ = checkpointing.load_params(workdir, step)
     rows = generate(
         model,
         params,
         tokenizer,
         images,
-        _QUESTION.value or _PROMPT.value or "",
-        max_len=max_len,
+        prompt,
+        prompt_len,
         max_new=_MAX_NEW.value or max_len,
         decode=_DECODE.value,
     )

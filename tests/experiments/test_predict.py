@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.training import config_utils, trainer
+import objectives
+from data import preprocess
+from experiments.training import checkpointing, config_utils, inputs, trainer
 
 from .conftest import TINY_SOURCE
 
@@ -48,7 +50,6 @@ def simvlm_run(shapes_data_dir, tmp_path_factory):
             f"data.data_dir={shapes_data_dir}",
             "data.image_size=32",
             "total_steps=2",
-            "optim.total_steps=2",
             "batch_size=8",
         ]
         + [f"data.source.{k}={v}" for k, v in TINY_SOURCE.items()],
@@ -66,7 +67,8 @@ def test_generates_one_line_per_image(simvlm_run, images):
     paths, _ = images
     proc = _predict(
         f"--workdir={simvlm_run}",
-        *[f"--images={p}" for p in paths],
+        "--images",  # the README's form: one flag, the files after it
+        *paths,
         "--decode=beam:2",
         "--max_new_tokens=5",
         "--prompt=a small",
@@ -116,3 +118,69 @@ def test_zero_shot_labels_of_a_contrastive_run(make_config, images, tmp_path):
         assert line.startswith(path)
         probs = [float(x.split(": ")[1]) for x in line[len(path) :].strip().split("  ")]
         assert len(probs) == 3 and abs(sum(probs) - 1) < 2e-3
+
+
+def _printed_probabilities(stdout, paths):
+    """{path: {label: probability}} from predict's zero-shot lines."""
+    out = {}
+    for line, path in zip(stdout.strip().splitlines(), paths, strict=True):
+        assert line.startswith(path)
+        pairs = [x.rsplit(": ", 1) for x in line[len(path) :].strip().split("  ")]
+        out[path] = {label: float(p) for label, p in pairs}
+    return out
+
+
+@pytest.mark.slow
+def test_siglip_probabilities_are_the_objectives_sigmoids(make_config, images, tmp_path):
+    # A SigLIP scale above CLIP's cap of 100: the sigmoid loss never caps it.
+    config = make_config(loss="sigmoid", steps=2)
+    config.model.temperature_init = 300.0
+    trainer.train(config, str(tmp_path))
+    paths, _ = images
+    labels = ["red circle", "blue square", "green cross"]
+    proc = _predict(f"--workdir={tmp_path}", "--images", *paths, "--labels=" + ",".join(labels))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = _printed_probabilities(proc.stdout, paths)
+
+    # The same probabilities by hand: the towers' embeddings, prompt-averaged class
+    # embeddings, then sigmoid(exp(log_temp) * cosine + bias) with the trained parameters.
+    meta, _ = checkpointing.read_meta(str(tmp_path))
+    params, _ = checkpointing.load_params(str(tmp_path))
+    model = objectives.get_objective(meta["objective"])(**meta["model_config"])
+    tokenizer = inputs.recorded_tokenizer(meta)
+    data, templates = meta["data"], ["a photo of a {}.", "{}"]  # predict's default templates
+    prompts = [t.format(label) for label in labels for t in templates]
+    text = np.asarray(
+        model.apply(
+            {"params": params},
+            tokenizer.encode(prompts, int(data["max_len"])),
+            method="embed_text",
+        ),
+        np.float64,
+    ).reshape(len(labels), len(templates), -1)
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+    classes = text.mean(axis=1)
+    classes /= np.linalg.norm(classes, axis=-1, keepdims=True)
+    pixels = np.stack(
+        [
+            preprocess.normalize(
+                preprocess.resize(np.asarray(Image.open(p).convert("RGB")), data["image_size"]),
+                data.get("mean", 0.5),
+                data.get("std", 0.5),
+            )
+            for p in paths
+        ]
+    )
+    image = np.asarray(model.apply({"params": params}, pixels, method="embed_image"), np.float64)
+    scale, bias = np.exp(float(params["log_temp"])), float(params["logit_bias"])
+    assert scale > 100
+    cosine = image @ classes.T
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    expected = sigmoid(scale * cosine + bias)
+    capped = sigmoid(100.0 * cosine + bias)
+    got = np.array([[printed[p][label] for label in labels] for p in paths])
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-6)
+    assert not np.allclose(got, capped, rtol=2e-3, atol=1e-6)  # the cap would show
