@@ -43,7 +43,6 @@ def _run(args, tmp_path):
 def _tiny_overrides(data_dir):
     return [
         "--config.total_steps=2",
-        "--config.optim.total_steps=2",
         "--config.optim.warmup_steps=1",
         "--config.batch_size=8",
         f"--config.data.data_dir={data_dir}",
