@@ -143,20 +143,19 @@ def data_and_evals(
 def adamw(
     *,
     lr: float,
-    total_steps: int,
     warmup_steps: int,
     weight_decay: float,
     b2: float = 0.98,
     eps: float = 1e-6,
     freeze: tuple[str, ...] = (),
 ) -> ConfigDict:
-    """AdamW with linear warmup, cosine decay and global-norm clipping at 1."""
+    """AdamW with linear warmup, cosine decay and global-norm clipping at 1. The schedule
+    spans config.total_steps (the trainer fills optim.total_steps from it)."""
     return ConfigDict(
         dict(
             name="adamw",
             lr=lr,
             warmup_steps=warmup_steps,
-            total_steps=total_steps,
             schedule="cosine",
             b1=0.9,
             b2=b2,
@@ -212,9 +211,7 @@ def tiny_contrastive(
     )
     # SigLIP canonicalises text (as transformers' SiglipTokenizer does).
     config.data.tokenizer.canonicalize = style == "siglip"
-    config.optim = adamw(
-        lr=lr, total_steps=steps, warmup_steps=max(1, steps // 10), weight_decay=0.1
-    )
+    config.optim = adamw(lr=lr, warmup_steps=max(1, steps // 10), weight_decay=0.1)
     config.checkpoint.every_steps = max(1, steps // 2)
     return config
 
@@ -243,6 +240,6 @@ def cpu_sized(config: ConfigDict) -> ConfigDict:
         image_size=64, max_len=16, vocab_size=128, train_size=512, test_size=128
     )
     small.evals = shapes_evals(every_steps=0, batch_size=64)
-    small.optim.update(total_steps=steps, warmup_steps=2)
+    small.optim.update(warmup_steps=2)
     small.checkpoint.every_steps = 5
     return small

@@ -144,7 +144,7 @@ def _tiny_config(data_dir):
     config.data = common.shapes_data(image_size=32, max_len=16, vocab_size=128)
     config.data.data_dir = data_dir
     config.data.source = dict(image_size=32, train_size=512, test_size=64)
-    config.optim = common.adamw(lr=1e-3, total_steps=20, warmup_steps=2, weight_decay=0.1)
+    config.optim = common.adamw(lr=1e-3, warmup_steps=2, weight_decay=0.1)
     config.evals = {}
     return config
 

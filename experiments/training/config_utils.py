@@ -17,6 +17,7 @@ in a config key must never silently fall back to a default after hours of compil
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -133,6 +134,18 @@ def load_config(config_arg: str, overrides: Sequence[str] = ()) -> ml_collection
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{config_arg} with overrides {list(overrides)}: {e}") from e
     return flag_values.config
+
+
+def plain(x: Any) -> Any:
+    """A ConfigDict / FrozenDict / mapping as a plain (shallow) dict; anything else as is."""
+    if hasattr(x, "to_dict"):
+        return x.to_dict()
+    return dict(x) if isinstance(x, Mapping) else x
+
+
+def module_fields(cls: type) -> set[str]:
+    """Constructor fields of a Linen module (a dataclass), without Linen's parent/name."""
+    return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
 
 
 def _keys(config: Any) -> list[str]:

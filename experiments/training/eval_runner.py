@@ -102,14 +102,27 @@ def run_evals(setup, params, step: int, writer, workdir: str, *, final: bool):
             except Exception as e:  # noqa: BLE001 - isolate evaluators; re-raised at the end
                 logging.exception("eval %s @%d failed", name, step)
                 errors[name] = f"{type(e).__name__}: {e}"
-                _record(workdir, step, name, {"error": errors[name]})
+                _write_outputs(errors, name, step, workdir, {"error": errors[name]})
                 continue
             results[name] = out
             logging.info("eval %s @%d (%.1fs): %s", name, step, time.time() - t0, out)
-            writer.write_scalars(step, {f"{name}/{k}": v for k, v in out.items()})
-            _record(workdir, step, name, out)
-            # Things people look at (e.g. captioning's contact sheet of generated captions).
-            if jax.process_index() == 0 and hasattr(evaluator, "write_artifacts"):
-                for path in evaluator.write_artifacts(workdir, name=name, step=step):
-                    logging.info("eval %s @%d wrote %s", name, step, path)
+            _write_outputs(errors, name, step, workdir, out, writer, evaluator)
     return results, errors
+
+
+def _write_outputs(errors, name, step, workdir, result, writer=None, evaluator=None) -> None:
+    """Writes one evaluator's result (summaries, eval_results.json, artifacts such as
+    captioning's contact sheet). A failed write (disk full, permissions) is logged and
+    recorded in `errors` instead of stopping the run: training and checkpointing go on, and
+    the trainer reports it when it ends."""
+    try:
+        if writer is not None:
+            writer.write_scalars(step, {f"{name}/{k}": v for k, v in result.items()})
+        _record(workdir, step, name, result)
+        if jax.process_index() == 0 and hasattr(evaluator, "write_artifacts"):
+            for path in evaluator.write_artifacts(workdir, name=name, step=step):
+                logging.info("eval %s @%d wrote %s", name, step, path)
+    except OSError as e:
+        logging.exception("eval %s @%d: its results could not be written", name, step)
+        note = f"results not written ({type(e).__name__}: {e}); the metrics are in the log"
+        errors[name] = f"{errors[name]}; {note}" if name in errors else note

@@ -20,7 +20,6 @@ config.data = dict(
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -29,16 +28,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
-from flax.core import FrozenDict
 
 from data import mixing, pipeline, sources, tasks
 from data import tokenizer as tokenizer_lib
 from experiments.training import config_utils
-from models import precision as precision_lib
-from models import vit as vit_lib
 
 DATA_KEYS = {
     "name",
@@ -67,8 +62,10 @@ iterator_state_to_json = pipeline.iterator_state_to_json
 iterator_state_from_json = pipeline.iterator_state_from_json
 
 
-def _plain(x: Any) -> Any:
-    return x.to_dict() if hasattr(x, "to_dict") else dict(x) if isinstance(x, Mapping) else x
+def check_data_config(config) -> None:
+    """Unknown keys of `config.data` and `config.data.tokenizer` (nothing is read)."""
+    config_utils.check_keys(config, DATA_KEYS, "config.data")
+    config_utils.check_keys(config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer")
 
 
 class Inputs:
@@ -87,10 +84,7 @@ class Inputs:
         (config.init), used when config.data.tokenizer.model is empty: a fine-tune must read
         the ids its weights were trained on."""
         self.inherited_tokenizer = inherited_tokenizer
-        config_utils.check_keys(config, DATA_KEYS, "config.data")
-        config_utils.check_keys(
-            config.get("tokenizer") or {}, TOKENIZER_KEYS, "config.data.tokenizer"
-        )
+        check_data_config(config)
         self.config = config
         self.name = config.name
         data_dir = config.get("data_dir", "data_cache")
@@ -101,11 +95,11 @@ class Inputs:
         self.max_len = int(config.max_len)
         self.global_batch_size = global_batch_size
         self.seed = seed
-        self.source_kwargs = _plain(config.get("source") or {})
+        self.source_kwargs = config_utils.plain(config.get("source") or {})
         self.norm = dict(mean=config.get("mean", 0.5), std=config.get("std", 0.5))
         self.num_threads = int(config.get("num_threads") or min(16, os.cpu_count() or 2))
         self.task_name = config.get("task") or "caption"
-        self.task_args = _plain(config.get("task_args") or {})
+        self.task_args = config_utils.plain(config.get("task_args") or {})
         self.mix = [_mix_entry(m, self.task_name, self.task_args) for m in config.get("mix") or ()]
         split = config.get("train_split", "train")
         # Resolving the train sources first makes a missing dataset fail before anything else.
@@ -309,16 +303,17 @@ class Inputs:
         """The evaluator data contract: (batches_fn, info); see experiments.evaluators.
 
         `extra_texts` names further text fields to tokenise into `<field>_tokens`; `task`
-        gives batches in that task's eval layout (e.g. prompts for generation), with the
-        run's `task_args` when it is the training task.
+        (default "caption": the caption tokens) gives batches in that task's eval layout
+        (e.g. prompts for generation), with the run's `task_args` when it is the training
+        task. Rows carry "text_index", the source index whose texts they hold.
         """
         src = self.source(split, spec)
-        if task is not None:
-            if task_args is None and task == self.task_name:
-                task_args = self.task_args
-            tasks.get_task(task, self.tokenizer, self.max_len, task_args).check_fields(
-                pipeline.source_fields(src), where=f"{spec}:{split}"
-            )
+        task = task or "caption"
+        if task_args is None and task == self.task_name:
+            task_args = self.task_args
+        tasks.get_task(task, self.tokenizer, self.max_len, task_args).check_fields(
+            pipeline.source_fields(src), where=f"{spec}:{split}"
+        )
         # Read batches only bound host memory (evaluators re-batch for the devices).
         bs = batch_size or EVAL_READ_BATCH
 
@@ -351,36 +346,6 @@ class Inputs:
         return batches_fn, info
 
 
-def with_precision(model_config: dict[str, Any], name: str) -> dict[str, Any]:
-    """Sets `dtype` / `matmul_dtype` of every tower (the dict-valued model fields) from the
-    policy `name`; a tower that names other dtypes itself is a ConfigError (set one place)."""
-    try:
-        fields = precision_lib.policy_fields(name)
-    except ValueError as e:
-        raise config_utils.ConfigError(f"config.precision: {e}") from None
-    out = dict(model_config)
-    for tower, sub in model_config.items():
-        if not isinstance(sub, Mapping):
-            continue
-        sub = dict(sub)
-        for key, want in fields.items():
-            own = sub.get(key, want)
-            if own is not None and want is not None and jnp.dtype(own) != jnp.dtype(want):
-                raise config_utils.ConfigError(
-                    f"config.model.{tower}.{key}={own!r} contradicts config.precision={name!r} "
-                    f"({key}={want!r}): choose the policy with config.precision "
-                    f"({sorted(precision_lib.POLICIES)}) and drop the tower's {key}."
-                )
-            if own is not None and want is None:
-                raise config_utils.ConfigError(
-                    f"config.model.{tower}.{key}={own!r} contradicts config.precision={name!r}: "
-                    f"choose the policy with config.precision and drop the tower's {key}."
-                )
-        # The fp32 policy is the modules' defaults: configs stay as they were written.
-        out[tower] = sub if name == "fp32" else {**sub, **fields}
-    return out
-
-
 def _mix_entry(entry, task: str, task_args: dict) -> tuple[str, float, str, dict]:
     """(spec, weight[, task[, task_args]]) with the run's task as the default."""
     entry = tuple(entry)
@@ -390,7 +355,7 @@ def _mix_entry(entry, task: str, task_args: dict) -> tuple[str, float, str, dict
         )
     spec, weight = str(entry[0]), float(entry[1])
     name = str(entry[2]) if len(entry) > 2 else task
-    args = _plain(entry[3]) if len(entry) > 3 else (task_args if name == task else {})
+    args = config_utils.plain(entry[3]) if len(entry) > 3 else (task_args if name == task else {})
     return spec, weight, name, args
 
 
@@ -413,47 +378,3 @@ def recorded_tokenizer(meta: Mapping[str, Any]) -> tokenizer_lib.Tokenizer:
     if tok.get("sha256") and digest != tok["sha256"]:
         raise ValueError(f"{tok['path']} changed since the run was trained (sha256 differs)")
     return tokenizer
-
-
-def module_fields(cls: type) -> set[str]:
-    """Constructor fields of a Linen module (a dataclass), without Linen's parent/name."""
-    return {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
-
-
-def check_model_keys(objective_cls: type, cfg: Mapping[str, Any]) -> None:
-    """Unknown `config.model.*` keys fail with the allowed ones, before anything is built.
-
-    Nested groups are checked against the module class the objective declares for them in
-    `CONFIG_MODULES` (e.g. {"image": ViT, "text": TextTransformer}).
-    """
-    config_utils.check_keys(cfg, module_fields(objective_cls), "config.model")
-    for key, module_cls in getattr(objective_cls, "CONFIG_MODULES", {}).items():
-        if key in cfg:
-            config_utils.check_keys(
-                _plain(cfg[key]), module_fields(module_cls), f"config.model.{key}"
-            )
-
-
-def complete_model_config(
-    objective_cls: type, model_config, data: Inputs, precision: str = "fp32"
-) -> dict[str, Any]:
-    """Checks the objective's kwargs, sets every tower's dtypes from the `precision` policy
-    (models/precision.py), lets the objective fill the data-dependent fields (vocabulary
-    size, special ids, lengths: `objective_cls.fill_data_fields`) and freezes nested dicts."""
-    cfg = _plain(model_config)
-    check_model_keys(objective_cls, cfg)
-    cfg = with_precision(cfg, precision)
-    image = _plain(cfg.get("image", {}))
-    if image:
-        # Checked here so a wrong size fails before anything compiles.
-        patch = vit_lib.ViT(**image, parent=None).config()["patch_size"]
-        if data.image_size % patch:
-            raise config_utils.ConfigError(
-                f"config.data.image_size={data.image_size} is not a multiple of the image "
-                f"tower's patch size {patch} (config.model.image.variant/patch_size)."
-            )
-    try:
-        cfg = objective_cls.fill_data_fields(cfg, data.model_fields())
-    except ValueError as e:
-        raise config_utils.ConfigError(str(e)) from None
-    return {k: FrozenDict(v) if isinstance(v, dict) else v for k, v in cfg.items()}

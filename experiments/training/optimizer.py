@@ -119,13 +119,15 @@ def check_freeze_patterns(params: Any, patterns: Sequence[str]) -> None:
             )
 
 
-def trainable_param_count(params: Any, patterns: Sequence[str] = ()) -> int:
-    """Number of scalar parameters not matched by a freeze regex (arrays or ShapeDtypeStructs)."""
-    return sum(
-        math.prod(leaf.shape)
-        for path, leaf in _flatten_with_paths(params)
-        if not _is_frozen(path, patterns)
-    )
+def parameter_counts(params: Any, patterns: Sequence[str] = ()) -> tuple[int, int]:
+    """(all, trainable) scalar parameter counts; trainable ones match no freeze regex.
+    Accepts arrays or ShapeDtypeStructs, boxed or not."""
+    total = trainable = 0
+    for path, leaf in _flatten_with_paths(params):
+        size = math.prod(leaf.shape)
+        total += size
+        trainable += 0 if _is_frozen(path, patterns) else size
+    return total, trainable
 
 
 def trainable_leaves(tree: Any, patterns: Sequence[str] = ()) -> list[Any]:
@@ -157,7 +159,10 @@ def make_schedule(config: Any) -> optax.Schedule:
     if kind not in _SCHEDULES:
         raise ConfigError(f"Unknown schedule {kind!r}; valid: {list(_SCHEDULES)}")
     if not 0 <= warmup <= total or total <= 0:
-        raise ConfigError(f"Need 0 <= warmup_steps ({warmup}) <= total_steps ({total}), total > 0")
+        raise ConfigError(
+            f"optim.warmup_steps={warmup} must lie in [0, total_steps={total}] (the schedule "
+            "spans config.total_steps): shorten the warmup or lengthen the run."
+        )
 
     def schedule(step: jax.Array) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
@@ -197,6 +202,23 @@ def _keep_fixed() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def check_config(config: Any) -> dict[str, Any]:
+    """Checks an optimizer config without building anything; returns its defaults.
+
+    Raises ConfigError for a missing required field, an unknown optimizer, schedule or key,
+    or a warmup longer than the schedule."""
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ConfigError(f"optim is missing required field(s) {missing}")
+    name = config["name"]
+    if name not in _OPTIMIZER_DEFAULTS:
+        raise ConfigError(f"Unknown optimizer {name!r}; valid: {sorted(_OPTIMIZER_DEFAULTS)}")
+    defaults = {**_COMMON_DEFAULTS, **_OPTIMIZER_DEFAULTS[name]}
+    check_keys(config, set(_REQUIRED) | set(defaults), "optim")
+    make_schedule(config)  # checks the schedule's fields; builds nothing compiled
+    return defaults
+
+
 def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer described by `config` (see the module docstring) for `params`.
 
@@ -209,14 +231,8 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
     Returns:
       (tx, schedule): the optax transformation and the lr schedule (step -> lr) for logging.
     """
-    missing = [k for k in _REQUIRED if k not in config]
-    if missing:
-        raise ConfigError(f"optim is missing required field(s) {missing}")
+    defaults = check_config(config)
     name = config["name"]
-    if name not in _OPTIMIZER_DEFAULTS:
-        raise ConfigError(f"Unknown optimizer {name!r}; valid: {sorted(_OPTIMIZER_DEFAULTS)}")
-    defaults = {**_COMMON_DEFAULTS, **_OPTIMIZER_DEFAULTS[name]}
-    check_keys(config, set(_REQUIRED) | set(defaults), "optim")
     get = lambda key: config.get(key, defaults[key])
 
     schedule = make_schedule(config)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -65,25 +65,26 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def config_rules(config, mesh: Mesh | None = None) -> tuple:
-    """The logical-axis rules a config asks for: `config.sharding_rules` when given, else the
-    preset `config.parallelism` (default "fsdp_tp").
+def config_rules(
+    explicit: Sequence | None, parallelism: str | None, mesh_sizes: Mapping[str, int] | None = None
+) -> tuple:
+    """The logical-axis rules a config asks for: `config.sharding_rules` (`explicit`) when
+    given, else the preset `config.parallelism` (default "fsdp_tp").
 
-    With a preset and a `mesh`, a mesh axis of several devices that the preset never uses is
-    an error (those devices would only repeat the others' work)."""
-    explicit = config.get("sharding_rules")
+    With a preset and the mesh's axis sizes, a mesh axis of several devices that the preset
+    never uses is an error (those devices would only repeat the others' work)."""
     if explicit:
         return _tuples(explicit)
-    name = config.get("parallelism") or DEFAULT_PRESET
+    name = parallelism or DEFAULT_PRESET
     if name not in PRESETS:
         raise ShardingError(
             f"Unknown config.parallelism {name!r}: use one of {sorted(PRESETS)}, or give "
             "config.sharding_rules explicitly."
         )
     rules = PRESETS[name]
-    if mesh is not None:
+    if mesh_sizes is not None:
         used = {a for _, axes in rules for a in _names(axes)}
-        idle = {a: n for a, n in mesh.shape.items() if n > 1 and a not in used}
+        idle = {a: n for a, n in mesh_sizes.items() if n > 1 and a not in used}
         if idle:
             raise ShardingError(
                 f"config.parallelism={name!r} uses no mesh axis {sorted(idle)}, but config.mesh "
@@ -189,27 +190,40 @@ def hybrid_device_grid(
         ) from e
 
 
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
-    return tuple(a for a in BATCH_AXES if a in mesh.shape)
+def _sizes(mesh: Mesh | Mapping[str, int]) -> Mapping[str, int]:
+    return mesh.shape if isinstance(mesh, Mesh) else mesh
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+def batch_axes(mesh: Mesh | Mapping[str, int]) -> tuple[str, ...]:
+    return tuple(a for a in BATCH_AXES if a in _sizes(mesh))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "config.batch_size") -> None:
-    """The global batch must split evenly over the data-parallel axes and processes."""
+def data_parallel_size(mesh: Mesh | Mapping[str, int]) -> int:
+    return math.prod(_sizes(mesh)[a] for a in batch_axes(mesh))
+
+
+def check_batch_size(
+    global_batch_size: int,
+    mesh: Mesh | Mapping[str, int],
+    num_processes: int | None = None,
+    what: str = "config.batch_size",
+) -> None:
+    """The global batch must split evenly over the data-parallel axes and the processes.
+
+    `mesh`: a Mesh, or the axis sizes a config's mesh will have (checked before building it);
+    `num_processes` defaults to this run's process count."""
     dp = data_parallel_size(mesh)
     if global_batch_size <= 0 or global_batch_size % dp:
-        sizes = {a: mesh.shape[a] for a in batch_axes(mesh)}
+        sizes = {a: _sizes(mesh)[a] for a in batch_axes(mesh)}
         raise ShardingError(
             f"{what}={global_batch_size} cannot be split over the data-parallel mesh axes "
             f"{sizes} (product {dp}). Use a multiple of {dp}, e.g. "
             f"{max(dp, global_batch_size // dp * dp)}, or change config.mesh."
         )
-    if global_batch_size % jax.process_count():
+    processes = jax.process_count() if num_processes is None else num_processes
+    if global_batch_size % processes:
         raise ShardingError(
-            f"{what}={global_batch_size} is not divisible by the {jax.process_count()} processes."
+            f"{what}={global_batch_size} is not divisible by the {processes} processes."
         )
 
 

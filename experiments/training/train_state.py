@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments.training import checkpointing, config_utils, run_meta, sharding
+from experiments.training import checkpointing, run_meta, sharding
+from experiments.training.config_utils import ConfigError
 
 
 def _boxed_init(model: nn.Module, dummy_batch: Mapping, rng: jax.Array):
@@ -65,7 +66,8 @@ def shardings_of(abstract):
 class StateBuilder:
     """Abstract state for checks and restores; `fresh()` materialises a new one."""
 
-    def __init__(self, model, dummy_batch, boxed_params, params, tx, mesh, rules, init_config=None):
+    def __init__(self, model, dummy_batch, boxed_params, params, tx, mesh, rules, init_spec=None):
+        """`init_spec`: a run_spec.InitSpec whose towers a fresh state loads (None: none)."""
         self.model, self.dummy_batch, self.mesh = model, dummy_batch, mesh
         self.params = params  # abstract, with shardings
         # optax builds its state with tree maps over the params, so the logical boxes carry
@@ -75,8 +77,8 @@ class StateBuilder:
         self._opt_init = jax.jit(tx.init, out_shardings=shardings_of(opt))
         step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
         self.abstract = {"step": step, "params": params, "opt_state": opt}
-        self.init_config = init_config
-        self.init_source = check_init_towers(init_config, params) if init_config else None
+        self.init_spec = init_spec
+        self.init_source = check_init_towers(init_spec, params) if init_spec else None
 
     @property
     def shardings(self):
@@ -88,8 +90,8 @@ class StateBuilder:
             lambda r: nn.unbox(_boxed_init(self.model, self.dummy_batch, r)),
             out_shardings=shardings_of(self.params),
         )(jax.random.key(seed))
-        if self.init_config:
-            params = load_init_towers(params, self.init_config, self.params, self.init_source)
+        if self.init_spec:
+            params = load_init_towers(params, self.init_spec, self.params, self.init_source)
         return {
             "step": jax.device_put(jnp.zeros((), jnp.int32), self.abstract["step"].sharding),
             "params": params,
@@ -106,26 +108,23 @@ class PretrainedTowers:
         self.src, self.params = src, hf_import.load_params(src)
 
 
-def check_init_towers(init_config, params) -> int | PretrainedTowers:
-    """Checks `config.init.load` towers against their source: a vlax checkpoint's metadata
-    (nothing else is read) or a transformers checkpoint (`init.hf`, read to host memory).
-    Nothing compiles. Returns the checkpoint step to load, or the pretrained towers."""
-    if init_config.get("hf"):
-        if init_config.get("checkpoint"):
-            raise config_utils.ConfigError("config.init takes `checkpoint` or `hf`, not both")
-        source = PretrainedTowers(init_config.hf)
-        saved, step, where = run_meta.param_signature(source.params), source, init_config.hf
+def check_init_towers(init, params) -> int | PretrainedTowers:
+    """Checks the `init.load` towers of a run_spec.InitSpec against their source: a vlax
+    checkpoint's metadata (nothing else is read) or a transformers checkpoint (`init.hf`,
+    read to host memory). Nothing compiles. Returns the checkpoint step to load, or the
+    pretrained towers."""
+    if init.hf:
+        source = PretrainedTowers(init.hf)
+        saved, step, where = run_meta.param_signature(source.params), source, init.hf
     else:
-        saved, step = checkpointing.saved_param_signature(
-            init_config.checkpoint, init_config.get("step")
-        )
-        where = f"config.init.checkpoint={init_config.checkpoint} (step {step})"
+        saved, step = checkpointing.saved_param_signature(init.checkpoint, init.step)
+        where = f"config.init.checkpoint={init.checkpoint} (step {step})"
     want = run_meta.param_signature(params)
-    names = list(init_config.load)
+    names = list(init.load)
     saved_towers = sorted({k.split("/")[0] for k in saved})
     for name in names:
         if name not in params or name not in saved_towers:
-            raise config_utils.ConfigError(
+            raise ConfigError(
                 f"config.init.load names {name!r}, but the checkpoint has {saved_towers} "
                 f"and the model has {sorted(params)}."
             )
@@ -140,9 +139,9 @@ def check_init_towers(init_config, params) -> int | PretrainedTowers:
     return step
 
 
-def load_init_towers(params, init_config, abstract, source: int | PretrainedTowers):
+def load_init_towers(params, init, abstract, source: int | PretrainedTowers):
     """LiT-style init: only the `init.load` subtrees, placed straight into their shardings."""
-    names = list(init_config.load)
+    names = list(init.load)
     if isinstance(source, PretrainedTowers):
         loaded = {
             n: jax.tree.map(
@@ -155,7 +154,7 @@ def load_init_towers(params, init_config, abstract, source: int | PretrainedTowe
         logging.info("Loaded %s from the transformers checkpoint %s.", names, source.src)
     else:
         loaded, _ = checkpointing.load_param_subtrees(
-            init_config.checkpoint, source, {n: abstract[n] for n in names}
+            init.checkpoint, source, {n: abstract[n] for n in names}
         )
-        logging.info("Loaded %s from %s (step %d).", names, init_config.checkpoint, source)
+        logging.info("Loaded %s from %s (step %d).", names, init.checkpoint, source)
     return {**params, **loaded}

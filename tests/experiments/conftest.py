@@ -36,7 +36,6 @@ def tiny_config(data_dir, *, loss="softmax", steps=3, batch=16, mesh=None):
         name="adamw",
         lr=1e-3,
         warmup_steps=1,
-        total_steps=steps,
         weight_decay=0.1,
         grad_clip_norm=1.0,
     )

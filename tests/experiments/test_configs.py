@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from experiments.sweeps import plan as sweep_plan
-from experiments.training import config_utils, inputs, run_meta, trainer
+from experiments.training import config_utils, inputs, run_meta, run_spec, trainer
 
 CONFIGS = sorted(
     p for p in glob.glob("experiments/configs/*/*.py") if not p.endswith("__init__.py")
@@ -30,15 +30,17 @@ def test_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_loads_and_validates(path):
     config = config_utils.load_config(path)
-    trainer.validate_config(config)
-    assert config.optim.total_steps == config.total_steps
+    spec = run_spec.check(config, num_devices=jax.device_count())
+    # The schedule spans the run: the file leaves optim.total_steps to the trainer.
+    assert "total_steps" not in config.optim
+    assert spec.optim["total_steps"] == config.total_steps > 0
     assert config.batch_size > 0
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.endswith("b16.py")])
 def test_paper_scale_configs_have_a_cpu_mode(path):
     config = config_utils.load_config(path + ":runlocal")
-    trainer.validate_config(config)
+    run_spec.check(config, num_devices=jax.device_count())
     assert config.batch_size <= 16 and config.data.name == "vlax_shapes"
     full = config_utils.load_config(path)
     assert full.batch_size == 32768

@@ -78,7 +78,7 @@ def get_config(arg=None):
         mean=tuple(preprocess.CLIP_MEAN),
         std=tuple(preprocess.CLIP_STD),
     )
-    config.optim = common.adamw(lr=5e-4, total_steps=arg.steps, warmup_steps=2000, weight_decay=0.2)
+    config.optim = common.adamw(lr=5e-4, warmup_steps=2000, weight_decay=0.2)
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
     config.evals = {}

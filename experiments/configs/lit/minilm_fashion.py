@@ -88,7 +88,6 @@ def get_config(arg=None):
     )
     config.optim = common.adamw(
         lr=arg.lr,
-        total_steps=arg.steps,
         warmup_steps=max(1, arg.steps // 20),
         weight_decay=0.1,
         freeze=("txt/.*",),

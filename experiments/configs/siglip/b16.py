@@ -67,9 +67,7 @@ def get_config(arg=None):
         max_len=64,
         vocab_size=32000,
     )
-    config.optim = common.adamw(
-        lr=1e-3, total_steps=arg.steps, warmup_steps=5000, weight_decay=1e-4, b2=0.95, eps=1e-8
-    )
+    config.optim = common.adamw(lr=1e-3, warmup_steps=5000, weight_decay=1e-4, b2=0.95, eps=1e-8)
     config.checkpoint.every_steps = 2000
     config.log_every_steps = 100
     config.evals = {}

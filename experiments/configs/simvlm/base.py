@@ -50,9 +50,7 @@ def get_config(arg=None):
     )
     config.data.task = "prefix_lm"
     config.data.mix = ((arg.data, 0.8, "prefix_lm"), (arg.text, 0.2, "text_only"))
-    config.optim = common.adamw(
-        lr=5e-4, total_steps=arg.steps, warmup_steps=10_000, weight_decay=0.01
-    )
+    config.optim = common.adamw(lr=5e-4, warmup_steps=10_000, weight_decay=0.01)
     config.checkpoint.every_steps = 5000
     config.log_every_steps = 100
     config.evals = {}
@@ -72,7 +70,7 @@ def get_config(arg=None):
     )
     config.data.task = "prefix_lm"
     config.data.mix = (("vlax_shapes", 0.8, "prefix_lm"), ("vlax_shapes_text", 0.2, "text_only"))
-    config.optim.update(total_steps=10, warmup_steps=2)
+    config.optim.update(warmup_steps=2)
     config.checkpoint.every_steps = 5
     config.evals = dict(
         captioning=dict(

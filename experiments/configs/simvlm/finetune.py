@@ -61,9 +61,7 @@ def get_config(arg=None):
                 type="captioning", data=arg.data, split=split, max_new_tokens=32, **rows
             )
         )
-    config.optim = common.adamw(
-        lr=arg.lr, total_steps=steps, warmup_steps=max(1, steps // 10), weight_decay=0.05
-    )
+    config.optim = common.adamw(lr=arg.lr, warmup_steps=max(1, steps // 10), weight_decay=0.05)
     config.checkpoint.every_steps = max(1, steps // 2)
     config.log_every_steps = 2 if arg.runlocal else 100
     return config

@@ -49,9 +49,7 @@ def _config_file(tmp_path, data_dir) -> str:
                 config.data.augment = False
                 for name in [k for k in config.evals.keys() if k != "zero_shot"]:
                     del config.evals[name]
-                config.optim = common.adamw(
-                    lr=1e-3, total_steps={STEPS}, warmup_steps=5, weight_decay=0.1
-                )
+                config.optim = common.adamw(lr=1e-3, warmup_steps=5, weight_decay=0.1)
                 config.checkpoint.every_steps = 50
                 config.checkpoint.async_save = False
                 config.log_every_steps = 50

@@ -47,7 +47,7 @@ def _retrieval_rows():
         "a cat",
         "a cat",
     ]
-    return {"image": image, "tokens": tokens}, captions
+    return {"image": image, "tokens": tokens, "text_index": np.arange(4)}, captions
 
 
 def _retrieval(group):

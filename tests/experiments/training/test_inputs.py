@@ -1,8 +1,9 @@
-"""experiments/training/inputs.py: model config checks and completion, truncation warnings."""
+"""training/inputs.py and model_config.py: model config checks and completion from the data,
+truncation warnings."""
 
 import pytest
 
-from experiments.training import config_utils, inputs
+from experiments.training import config_utils, inputs, model_config
 from objectives.contrastive import TwoTower
 from tests.experiments.conftest import tiny_config
 
@@ -14,8 +15,8 @@ def data(shapes_data_dir):
 
 
 def test_text_tower_fields_come_from_the_tokenizer(data):
-    cfg = inputs.complete_model_config(
-        TwoTower, {"image": {"patch_size": 8}, "text": {"width": 32}}, data
+    cfg = model_config.complete(
+        TwoTower, {"image": {"patch_size": 8}, "text": {"width": 32}}, data.model_fields()
     )
     tok = data.tokenizer
     assert dict(cfg["text"]) == {
@@ -39,7 +40,7 @@ def test_text_tower_fields_come_from_the_tokenizer(data):
 )
 def test_model_config_errors_name_the_field(data, model, message):
     with pytest.raises(config_utils.ConfigError, match=message):
-        inputs.complete_model_config(TwoTower, model, data)
+        model_config.complete(TwoTower, model, data.model_fields())
 
 
 def test_truncated_captions_are_counted_and_warned(shapes_data_dir, caplog):

@@ -20,7 +20,6 @@ def test_tiny_clip_zero_shot_clears_3x_chance(tmp_path_factory):
         name="adamw",
         lr=3e-3,
         warmup_steps=30,
-        total_steps=300,
         b2=0.98,
         weight_decay=0.1,
         grad_clip_norm=1.0,

@@ -11,7 +11,6 @@ def _config(data_dir, name, task, steps, source):
         "experiments/configs/simvlm/tiny.py",
         [
             f"total_steps={steps}",
-            f"optim.total_steps={steps}",
             "optim.warmup_steps=20",
             "batch_size=32",
             "log_every_steps=100",

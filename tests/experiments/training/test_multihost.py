@@ -33,7 +33,6 @@ def _args(data_dir, workdir):
         "experiments/configs/clip/tiny.py",
         f"--workdir={workdir}",
         "--config.total_steps=3",
-        "--config.optim.total_steps=3",
         "--config.optim.warmup_steps=1",
         "--config.batch_size=16",
         # A large Adam eps keeps parameters with zero true gradient (attention key bias) from

@@ -224,8 +224,8 @@ def test_boxed_params():
         "img": {"kernel": True},
         "txt": {"bias": False},
     }
-    assert optimizer.trainable_param_count(params, ("img/.*",)) == 3
-    assert optimizer.trainable_param_count(params) == 9
+    assert optimizer.parameter_counts(params, ("img/.*",)) == (9, 3)
+    assert optimizer.parameter_counts(params) == (9, 9)
     tx, _ = optimizer.make_optimizer(
         _config(name="sgd", schedule="constant", freeze="img/kernel"), params
     )
@@ -245,10 +245,11 @@ def test_plain_dict_config_and_all_frozen():
     assert float(schedule(0)) == pytest.approx(0.1)
 
 
-def test_trainable_param_count_on_shape_dtype_structs():
+def test_parameter_counts_on_shape_dtype_structs():
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _params())
-    assert optimizer.trainable_param_count(abstract) == 12 + 4 + 8 + 8 + 2
-    assert optimizer.trainable_param_count(abstract, ("img/.*",)) == 8 + 2
+    total = 12 + 4 + 8 + 8 + 2
+    assert optimizer.parameter_counts(abstract) == (total, total)
+    assert optimizer.parameter_counts(abstract, ("img/.*",)) == (total, 8 + 2)
 
 
 def test_unknown_optimizer_and_keys():

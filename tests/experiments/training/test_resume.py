@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import objectives
-from experiments.training import checkpointing, run_meta, train_state, trainer
+from experiments.training import checkpointing, eval_runner, run_meta, train_state, trainer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
@@ -33,9 +33,13 @@ def test_resume_continues_exactly(make_config, tmp_path):
         make_config(steps=4), str(tmp_path / "a"), on_batch=lambda s, b: seen_straight.append(b)
     )
 
-    first = make_config(steps=4)
-    first.total_steps = 2  # "killed" after 2 steps; the schedule still spans 4
-    trainer.train(first, str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b))
+    def killed_at_step_3(step, batch):
+        if step == 3:  # the checkpoint of step 2 is written; steps 3 and 4 are lost
+            raise KeyboardInterrupt("killed")
+        seen_resumed.append(batch)
+
+    with pytest.raises(KeyboardInterrupt, match="killed"):
+        trainer.train(make_config(steps=4), str(tmp_path / "b"), on_batch=killed_at_step_3)
     out = trainer.train(
         make_config(steps=4), str(tmp_path / "b"), on_batch=lambda s, b: seen_resumed.append(b)
     )
@@ -100,11 +104,32 @@ def test_harmless_changes_resume_and_are_logged(make_config, tmp_path, caplog):
     assert "log_every_steps: 1 -> 7" in caplog.text
 
 
+def test_a_resume_past_total_steps_is_labelled_with_the_checkpoint_step(make_config, tmp_path):
+    config = make_config(steps=4)
+    config.evals = {
+        "zero_shot": dict(
+            type="zero_shot", every_steps=0, data="vlax_shapes", split="test", batch_size=16
+        )
+    }
+    trainer.train(config, str(tmp_path))
+    shorter = make_config(steps=2)  # the checkpoint (step 4) is already past it
+    shorter.evals = config.evals
+    out = trainer.train(shorter, str(tmp_path))
+    assert int(out["state"]["step"]) == 4
+    history = json.loads((tmp_path / eval_runner.RESULTS_FILE).read_text())
+    assert sorted(history, key=int) == ["4"]  # never "2": those are step-4 parameters
+    launches = (tmp_path / run_meta.LAUNCHES_FILE).read_text().splitlines()
+    assert [json.loads(line)["start_step"] for line in launches] == [0, 4]
+
+
 def test_a_workdir_alone_rebuilds_the_model(make_config, tmp_path):
     config = make_config(steps=2)
     out = trainer.train(config, str(tmp_path))
     saved = run_meta.load_run_config(str(tmp_path))
-    assert run_meta.to_jsonable(saved) == run_meta.to_jsonable(config)
+    # The resolved config: what was given, with the schedule's length filled in.
+    expected = run_meta.to_jsonable(config)
+    expected["optim"]["total_steps"] = 2
+    assert run_meta.to_jsonable(saved) == expected
     meta, step = checkpointing.read_meta(str(tmp_path))
     assert step == 2 and meta["tokenizer"]["sha256"] and meta["data"]["max_len"] == 8
     model = objectives.get_objective(meta["objective"])(**meta["model_config"])
