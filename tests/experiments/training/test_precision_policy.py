@@ -38,8 +38,8 @@ def test_every_tower_of_every_config_takes_the_policy(path, precision):
     want = precision_lib.policy_fields(precision)
     groups = {k for k, v in spec.model.items() if isinstance(v, dict)}
     # Every nested group of the model config is a tower the objective declares.
-    assert groups <= set(spec.objective_cls.CONFIG_MODULES), (
-        groups - set(spec.objective_cls.CONFIG_MODULES)
+    assert groups <= set(spec.objective_cls.CONFIG_MODULES), groups - set(
+        spec.objective_cls.CONFIG_MODULES
     )
     for tower in precision_policy.towers(spec.objective_cls):
         if tower in kwargs:
