@@ -20,7 +20,7 @@ from experiments.export.torch_models import config as config_lib
 from experiments.interop import mapping
 from experiments.training import run_meta
 from models import text, variants, vit
-from objectives import contrastive, contrastive_losses
+from objectives import contrastive, contrastive_reference
 from tests.models.test_layers import random_params
 
 SIZE, MAX_LEN, PAD, EOS, VOCAB = 32, 8, 0, 2, 40
@@ -237,7 +237,7 @@ def _assert_parity(name: str, ref_params, torch_model: tm.TwoTower) -> dict[str,
     cfg = config_lib.complete_two_tower(MODELS[name])
     log_temp = float(ref_params["log_temp"])
     if cfg["loss"] == "softmax":
-        log_temp = min(log_temp, contrastive_losses.SOFTMAX_MAX_LOG_TEMP)
+        log_temp = min(log_temp, contrastive_reference.SOFTMAX_MAX_LOG_TEMP)
     logits = np.exp(log_temp) * (ref["image"] @ ref["text"].T)
     if cfg["loss"] == "sigmoid":
         logits = logits + float(ref_params["logit_bias"])
@@ -357,7 +357,7 @@ def test_defaults_and_variants_equal_the_vlax_modules():
     assert config_lib.IMAGE_POOLS == vit.POOL_TYPES and config_lib.POSEMBS == vit.POSEMB_TYPES
     assert config_lib.TEXT_POOLS == text.POOL_TYPES
     assert config_lib.LOSSES == contrastive.LOSSES
-    assert config_lib.SOFTMAX_MAX_LOG_TEMP == contrastive_losses.SOFTMAX_MAX_LOG_TEMP
+    assert config_lib.SOFTMAX_MAX_LOG_TEMP == contrastive_reference.SOFTMAX_MAX_LOG_TEMP
     assert tuple(config_lib.SIZES) == variants.VARIANT_NAMES
     for size in variants.VARIANT_NAMES:
         for name in (size, f"{size}/14"):
