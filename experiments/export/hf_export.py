@@ -3,6 +3,8 @@ back is experiments/interop/hf_import.py).
 
 Targets: `hf_clip` (CLIPModel) and `hf_siglip` (SiglipModel). A model matching neither is
 refused with each target's mismatches and the alternative (`--format torch`).
+`write_bert` writes a standalone text tower as a `BertModel` (experiments/interop/hf_bert.py
+has its name table and config).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from etils import epath
 
 from experiments.export import hf_files, tokenizer_files
 from experiments.export.output import ExportError
-from experiments.interop import hf_clip, hf_import, hf_siglip, mapping
+from experiments.interop import hf_bert, hf_clip, hf_import, hf_siglip, mapping
 
 TARGETS = hf_import.TWO_TOWER_TARGETS
 _TOKENIZER_WRITERS = {
@@ -58,3 +60,19 @@ def write(out: epath.Path, params, meta: Mapping[str, Any], target) -> list[str]
     processor = hf_files.image_processor(_PROCESSORS[target.NAME], meta["data"])
     hf_files.write_json(out / "preprocessor_config.json", processor)
     return notes
+
+
+def write_bert(params: Any, text_config: dict, out_dir: str | epath.PathLike) -> epath.Path:
+    """Writes a standalone text tower's "params" tree (scanned or not) as a BertModel folder:
+    config.json + model.safetensors (float32, metadata {"format": "pt"}). Returns out_dir.
+
+    A ValueError names a `text_config` field BertModel cannot express; a MappingError names
+    a parameter it has no place for (a projection "head", a "map_head", ...).
+    """
+    hf = hf_bert.hf_bert_config(text_config)
+    state = mapping.to_torch(params, hf_bert.rules("", ""), where="export to BertModel")
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_files.write_json(out_dir / "config.json", hf)
+    hf_files.save_safetensors(state, out_dir / "model.safetensors")
+    return out_dir

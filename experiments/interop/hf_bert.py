@@ -1,11 +1,13 @@
-"""Import and export between a vlax `TextTransformer` and Hugging Face `BertModel`.
+"""Between a vlax `TextTransformer` and Hugging Face `BertModel`: the name table, the configs
+in both directions, and the import.
 
 A BERT is a vlax text tower with the BERT options on (see models/text.py): post-LN blocks,
 an embedding LayerNorm, a token-type table, exact GELU, no final norm, bidirectional. One
 name table (`rules`) serves both directions through experiments/interop/mapping.py:
 
-    import_bert(model_dir)                 config.json + model.safetensors -> (kwargs, params)
-    export_bert(params, kwargs, out_dir)   the reverse; `BertModel.from_pretrained` loads it
+    import_bert(model_dir)        config.json + model.safetensors -> (kwargs, params)
+    hf_bert_config(text_config)   the BertModel config.json of a vlax tower (export's half,
+                                  `experiments.export.hf_export.write_bert`, writes the files)
 
 Checkpoints name tensors with or without a "bert." prefix (BertModel vs BertFor* heads);
 both import. The pooler (a CLS dense + tanh) has no vlax counterpart and is ignored on
@@ -67,10 +69,6 @@ def ignore(hf_prefix: str = "") -> list[str]:
     """Checkpoint tensors (regexes) with no vlax counterpart: the pooler, the position ids."""
     e = re.escape(hf_prefix)
     return [rf"{e}pooler\..*", rf"{e}embeddings\.position_ids"]
-
-
-RULES = rules()
-IGNORE = ignore()
 
 
 def minilm_dir() -> epath.Path:
@@ -182,20 +180,3 @@ def import_bert(model_dir: str | epath.PathLike, *, pool_type: str = "mean") -> 
         where=f"import {model_dir}",
     )
     return text_config, params
-
-
-def export_bert(params: Any, text_config: dict, out_dir: str | epath.PathLike) -> epath.Path:
-    """Writes a standalone tower's "params" tree (scanned or not) as a BertModel folder:
-    config.json + model.safetensors (float32, metadata {"format": "pt"}). Returns out_dir.
-
-    A ValueError names a `text_config` field BertModel cannot express; a MappingError names
-    a parameter it has no place for (a projection "head", a "map_head", ...).
-    """
-    hf = hf_bert_config(text_config)
-    state = mapping.to_torch(params, rules("", ""), where="export to BertModel")
-    out_dir = epath.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-    data = safetensors_np.save(state, metadata={"format": "pt"})
-    (out_dir / "model.safetensors").write_bytes(data)
-    return out_dir

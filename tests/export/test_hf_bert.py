@@ -1,5 +1,6 @@
-"""Tests for experiments/interop/hf_bert.py against `transformers.BertModel`: the real
-all-MiniLM-L6-v2 weights, random-weight round trips, and refusals."""
+"""Tests for experiments/interop/hf_bert.py (and its writing half, hf_export.write_bert)
+against `transformers.BertModel`: the real all-MiniLM-L6-v2 weights, random-weight round
+trips, and refusals."""
 
 import json
 
@@ -13,6 +14,7 @@ from safetensors import numpy as safetensors_np
 from transformers import AutoTokenizer, BertModel
 
 from data.hf_tokenizer import HFTokenizer
+from experiments.export import hf_export
 from experiments.interop import hf_bert, mapping
 from models import text
 from tests.models.test_layers import random_params
@@ -104,7 +106,7 @@ def bert_tower(shape: dict) -> tuple[dict, dict, np.ndarray]:
 @pytest.mark.parametrize("shape", SHAPES, ids=["w32", "w48"])
 def test_export_import_round_trip_and_transformers_parity(shape, tmp_path):
     text_config, params, ids = bert_tower(shape)
-    out_dir = hf_bert.export_bert(params, text_config, tmp_path / "bert")
+    out_dir = hf_export.write_bert(params, text_config, tmp_path / "bert")
     with safetensors.safe_open(str(out_dir / "model.safetensors"), "np") as f:
         assert f.metadata() == {"format": "pt"}
     config_back, params_back = hf_bert.import_bert(out_dir)
@@ -129,7 +131,7 @@ def test_export_import_round_trip_and_transformers_parity(shape, tmp_path):
 
 def test_imports_prefixed_checkpoints_and_the_two_tower_table(tmp_path):
     text_config, params, _ = bert_tower(SHAPES[0])
-    out_dir = hf_bert.export_bert(params, text_config, tmp_path / "plain")
+    out_dir = hf_export.write_bert(params, text_config, tmp_path / "plain")
     state = safetensors_np.load_file(str(out_dir / "model.safetensors"))
     # A BertFor* checkpoint: "bert." names, plus a pooler and position ids to skip.
     prefixed = {f"bert.{k}": v for k, v in state.items()}
@@ -141,7 +143,7 @@ def test_imports_prefixed_checkpoints_and_the_two_tower_table(tmp_path):
     _, params_back = hf_bert.import_bert(tmp_path / "prefixed")
     jax.tree.map(np.testing.assert_array_equal, params_back, params)
     # In a two-tower model the tower sits under "txt/".
-    assert mapping.to_torch({"txt": params}, hf_bert.RULES).keys() == state.keys()
+    assert mapping.to_torch({"txt": params}, hf_bert.rules()).keys() == state.keys()
 
 
 def test_refusals(tmp_path):
@@ -156,18 +158,18 @@ def test_refusals(tmp_path):
 
     text_config, params, _ = bert_tower(SHAPES[0])
     with pytest.raises(ValueError, match="post_norm"):
-        hf_bert.export_bert(params, text_config | {"post_norm": False}, tmp_path / "x")
+        hf_export.write_bert(params, text_config | {"post_norm": False}, tmp_path / "x")
     with pytest.raises(ValueError, match="activation"):
-        hf_bert.export_bert(params, text_config | {"activation": "gelu_tanh"}, tmp_path / "x")
+        hf_export.write_bert(params, text_config | {"activation": "gelu_tanh"}, tmp_path / "x")
     projected = text_config | {"num_classes": 8}
     with pytest.raises(ValueError, match="num_classes"):
-        hf_bert.export_bert(params, projected, tmp_path / "x")
+        hf_export.write_bert(params, projected, tmp_path / "x")
     # A parameter BertModel has no place for is named.
     head = {"kernel": jnp.zeros((32, 8)), "bias": jnp.zeros(8)}
     with pytest.raises(mapping.MappingError, match="'head/(kernel|bias)'"):
         mapping.to_torch(params | {"head": head}, hf_bert.rules("", ""))
 
-    out_dir = hf_bert.export_bert(params, text_config, tmp_path / "ok")
+    out_dir = hf_export.write_bert(params, text_config, tmp_path / "ok")
     state = safetensors_np.load_file(str(out_dir / "model.safetensors"))
     extra = state | {"encoder.layer.0.attention.self.rotary.weight": np.zeros(3, np.float32)}
     missing = {k: v for k, v in state.items() if k != "embeddings.LayerNorm.weight"}
