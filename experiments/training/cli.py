@@ -43,13 +43,22 @@ def spread_list_flags(argv: Sequence[str], names: Collection[str]) -> list[str]:
     return out
 
 
-def positional_error(program: str, words: Sequence[str], list_flags: Collection[str]) -> str:
+def _program(argv0: str) -> str:
+    """How the user started this process: `python -m experiments.predict`, else argv[0]."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        return argv0
+    return "python -m " + spec.name.removesuffix(".__main__")
+
+
+def _positional_error(program: str, words: Sequence[str], list_flags: Collection[str]) -> str:
     """What `run` says of stray positional `words`: which they are and how to fix them."""
     lists = ", ".join(f"--{n}" for n in sorted(list_flags))
+    verb = "takes" if len(list_flags) == 1 else "take"
     return (
         f"{program} takes no positional arguments, got {list(words)}: give every input as a "
         "flag (--name=value) and quote a value that holds spaces"
-        + (f"; {lists} also take(s) a space-separated list of values" if lists else "")
+        + (f"; {lists} also {verb} a space-separated list of values" if lists else "")
     )
 
 
@@ -63,8 +72,9 @@ def run(main: Callable[[], Any], *, list_flags: Collection[str] = ()) -> None:
     def parse(argv: list[str]) -> list[str]:
         rest = app.parse_flags_with_usage(spread_list_flags(argv, list_flags))
         if len(rest) > 1:
+            error = _positional_error(_program(rest[0]), rest[1:], list_flags)
             sys.stderr.write(
-                f"FATAL Flags parsing error: {positional_error(rest[0], rest[1:], list_flags)}\n"
+                f"FATAL Flags parsing error: {error}\n"
                 "Pass --helpshort or --helpfull to see help on flags.\n"
             )
             sys.exit(1)
