@@ -71,8 +71,9 @@ def hf_config(config: ml_collections.ConfigDict, hf_dir: str) -> ml_collections.
     return config
 
 
-def evaluate(config, params_host, out: str) -> dict:
-    """Runs every evaluator of `config` on host params; writes <out>/eval_results.json."""
+def evaluate(config, params_host, out: str, step: int = 0) -> dict:
+    """Runs every evaluator of `config` on host params; writes <out>/eval_results.json under
+    `step` (the checkpoint's step; 0 for imported weights, which had no training here)."""
     s = trainer.setup(config)
     params = jax.tree.map(
         lambda x, a: jax.device_put(x.astype(a.dtype), a.sharding), params_host, s.states.params
@@ -80,9 +81,7 @@ def evaluate(config, params_host, out: str) -> dict:
     epath.Path(out).mkdir(parents=True, exist_ok=True)
     writer = metric_writers.create_default_writer(out, just_logging=True)
     with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
-        results, errors = eval_runner.run_evals(
-            s, params, config.total_steps, writer, out, final=True
-        )
+        results, errors = eval_runner.run_evals(s, params, step, writer, out, final=True)
     if errors:
         raise eval_runner.EvaluationError(f"Evaluators failed: {errors}")
     return results
@@ -106,7 +105,8 @@ def main():
         config = hf_config(_CONFIG.value, _HF.value)
         params = hf_import.load_params(_HF.value)
         out = _OUT.value or os.path.join(_HF.value, "vlax_eval")
-    results = evaluate(config, params, out)
+        step = 0
+    results = evaluate(config, params, out, step)
     print(summary.format_results(results, out))
 
 
