@@ -1,12 +1,15 @@
 """The PrefixLM objective (SimVLM): masks, the loss on suffix tokens only, and generation
 consistent with training, for both architectures."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from objectives.prefix_lm import PrefixLM, shift_to_suffix
+from models import layers
+from objectives.prefix_lm import PrefixLM
+from objectives.prefix_lm_encoder_decoder import shift_to_suffix
 
 IMAGE = dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8)
 DECODER = dict(vocab_size=20, width=32, depth=2, mlp_dim=64, num_heads=2, max_len=20)
@@ -48,6 +51,24 @@ def setup(request):
     model = _model(request.param)
     params = model.init(jax.random.key(0), _batch())["params"]
     return model, params
+
+
+@pytest.mark.parametrize(
+    "arch, names",
+    [
+        ("encoder_decoder", {"img", "img_proj", "txt_embed", "txt_pos", "encoder", "dec"}),
+        ("decoder_only", {"img", "img_proj", "dec"}),
+    ],
+)
+def test_parameter_tree(arch, names):
+    """The top-level names that checkpoints and the torch export address (a ViT narrower than
+    the decoder adds "img_proj")."""
+    model = _model(arch).clone(image=dict(IMAGE, width=16, mlp_dim=32))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), _batch())["params"]
+    assert set(shapes) == names
+    if arch == "encoder_decoder":
+        assert nn.meta.unbox(shapes["txt_pos"]).shape == (DECODER["max_len"], 32)
+        assert set(shapes["encoder"]) == {"block_0", "encoder_norm"}
 
 
 def test_shift_to_suffix():
@@ -168,3 +189,80 @@ def test_kv_cache_generation_equals_the_uncached_reference(setup, decode):
     )
     np.testing.assert_array_equal(cached["tokens"], plain["tokens"])
     np.testing.assert_allclose(cached["scores"], plain["scores"], rtol=1e-4, atol=1e-5)
+
+
+DATA = dict(vocab_size=20, max_len=8, image_size=16, bos_id=BOS, eos_id=EOS, pad_id=PAD)
+BF16 = dict(dtype="bfloat16", matmul_dtype="bfloat16")
+
+
+def test_encoder_group_is_the_encoders_kwargs():
+    """Checked against layers.Encoder's fields like the other towers, so the precision policy's
+    dtype / matmul_dtype are accepted (bf16_mixed on a SimVLM config stopped here)."""
+    assert PrefixLM.CONFIG_MODULES["encoder"] is layers.Encoder
+    cfg = dict(image=IMAGE, decoder={"width": 32}, encoder=dict(depth=1, scan=True, **BF16))
+    filled = PrefixLM.fill_data_fields(cfg, DATA)
+    assert filled["encoder"] == cfg["encoder"]
+    assert filled["decoder"]["max_len"] == DATA["max_len"] + 1
+
+
+def test_bf16_encoder_computes_in_bf16():
+    model = PrefixLM(
+        image=IMAGE,
+        decoder=DECODER,
+        encoder=dict(depth=1, num_heads=2, mlp_dim=64, **BF16),
+        bos_id=BOS,
+        eos_id=EOS,
+        pad_id=PAD,
+    )
+    params = nn.meta.unbox(model.init(jax.random.key(0), _batch()))["params"]
+    assert params["encoder"]["block_0"]["mlp"]["fc1"]["kernel"].dtype == jnp.float32
+    (loss, _), state = model.apply(
+        {"params": params},
+        _batch(),
+        capture_intermediates=lambda mdl, _: mdl.name in ("encoder", "dec"),
+        mutable=["intermediates"],
+    )
+    captured = state["intermediates"]
+    assert captured["encoder"]["__call__"][0][0].dtype == jnp.bfloat16
+    assert captured["dec"]["__call__"][0][0].dtype == jnp.float32  # the decoder keeps fp32
+    assert np.isfinite(float(loss))
+
+
+def test_encoder_defaults_follow_the_decoder():
+    """depth 2, num_heads 4, mlp_dim 4 x the decoder width, the decoder's dtypes."""
+    model = PrefixLM(image=IMAGE, decoder=dict(DECODER, **BF16), bos_id=BOS, pad_id=PAD)
+    variables = nn.meta.unbox(model.init(jax.random.key(0), _batch()))
+    enc = variables["params"]["encoder"]
+    assert sorted(k for k in enc if k.startswith("block_")) == ["block_0", "block_1"]
+    assert enc["block_0"]["attn"]["query"]["kernel"].shape == (32, 4, 8)
+    assert enc["block_0"]["mlp"]["fc1"]["kernel"].shape == (32, 4 * 32)
+    _, state = model.apply(
+        variables,
+        _batch(),
+        capture_intermediates=lambda mdl, _: mdl.name == "encoder",
+        mutable=["intermediates"],
+    )
+    assert state["intermediates"]["encoder"]["__call__"][0][0].dtype == jnp.bfloat16
+
+
+def test_encoder_flops_are_keyed_by_the_encoders_dtype():
+    # By hand: 4 image tokens (16 / 8 squared) + 8 text tokens = 12 encoder positions of width
+    # 32, one layer: q/k/v/out 4 * 2*12*32*32, scores and mixing 2 * 2*12*12*32, MLP
+    # 2 * 2*12*32*64.
+    length = 4 + 8
+    encoder = 4 * 2 * length * 32 * 32 + 2 * 2 * length * length * 32 + 2 * 2 * length * 32 * 64
+    shapes = {"image": (16, 16, 3), "tokens": (8,)}
+    plain = _model("encoder_decoder").train_flops_per_example(shapes)
+    model = _model("encoder_decoder").clone(encoder=dict(depth=1, num_heads=2, mlp_dim=64, **BF16))
+    split = model.train_flops_per_example(shapes)
+    assert split == {"bfloat16": 3 * encoder, "float32": plain["float32"] - 3 * encoder}
+
+
+def test_decoder_only_refuses_encoder_sizes():
+    cfg = dict(image=IMAGE, decoder={"width": 32}, architecture="decoder_only")
+    with pytest.raises(ValueError, match=r"config.model.encoder.\['depth'\].*encoder_decoder"):
+        PrefixLM.fill_data_fields(dict(cfg, encoder={"depth": 3}), DATA)
+    # The precision policy's dtypes reach every group; decoder_only has no encoder to apply them to.
+    assert (
+        PrefixLM.fill_data_fields(dict(cfg, encoder=BF16), DATA)["architecture"] == "decoder_only"
+    )
