@@ -360,7 +360,9 @@ def test_dropout_only_in_training():
     eval_out = apply(variables, PROMPTS)[0]
     train_out = apply(variables, PROMPTS, train=True, rngs={"dropout": jax.random.key(1)})[0]
     assert not np.allclose(train_out, eval_out)
-    np.testing.assert_array_equal(apply(variables, PROMPTS)[0], eval_out)
+    # Outside training the output is the dropout-free model's.
+    plain = jax.jit(model.clone(dropout=0.0).apply)(variables, PROMPTS)[0]
+    np.testing.assert_allclose(eval_out, plain, atol=1e-6)
 
 
 def test_sharded_matches_single_device():

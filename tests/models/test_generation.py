@@ -2,7 +2,12 @@
 (beam search against brute-force enumeration) and on a KV-cached Decoder against the no-cache
 reference."""
 
+import hashlib
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -202,20 +207,49 @@ def test_filter_logits():
     np.testing.assert_array_equal(generation.filter_logits(logits, 0, 1.0), logits)
 
 
-def test_sampling_is_reproducible_and_follows_the_distribution():
+SAMPLES = 4000
+
+
+def first_samples(seed: int, **kw) -> np.ndarray:
+    """[SAMPLES] first tokens sampled after one prompt of the seed-2 toy model."""
     prefill, step = toy_fns(seed=2)
-    n = 4000
+    prompts = np.tile(PROMPTS[:1], (SAMPLES, 1))
+    lengths = np.full((SAMPLES,), 2, np.int32)
+    fn = lambda p, n_: generation.sample(  # noqa: E731
+        prefill, step, p, n_, max_new_tokens=1, rng=jax.random.key(seed), **COMMON, **kw
+    )
+    return np.asarray(jax.jit(fn)(prompts, lengths)[0][:, 0])
+
+
+def _digest(tokens: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tokens, np.int64).tobytes()).hexdigest()
+
+
+def test_sampling_is_reproducible_and_follows_the_distribution():
+    prefill, _ = toy_fns(seed=2)
+    n, run = SAMPLES, first_samples
     prompts, lengths = np.tile(PROMPTS[:1], (n, 1)), np.full((n,), 2, np.int32)
-
-    def run(seed, **kw):
-        fn = lambda p, n_: generation.sample(  # noqa: E731
-            prefill, step, p, n_, max_new_tokens=1, rng=jax.random.key(seed), **COMMON, **kw
-        )
-        return np.asarray(jax.jit(fn)(prompts, lengths)[0][:, 0])
-
     probs = np.asarray(jax.nn.softmax(prefill(prompts[:1], lengths[:1])[0][0]))
     first = run(0)
-    np.testing.assert_array_equal(run(0), first)
+    # The draws depend on the seed alone: a fresh process (one device, its own compile)
+    # samples the same tokens.
+    script = (
+        "import jax; jax.config.update('jax_default_matmul_precision', 'highest');"
+        "from tests.models.test_generation import first_samples, _digest;"
+        "print(_digest(first_samples(0)))"
+    )
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == _digest(first)
     assert not np.array_equal(run(1), first)
     freq = np.bincount(first, minlength=V) / n
     np.testing.assert_allclose(freq, probs, atol=0.03)
