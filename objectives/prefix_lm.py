@@ -37,7 +37,7 @@ import numpy as np
 
 from models import decoder as decoder_lib
 from models import flops as flops_lib
-from models import generation, layers, precision
+from models import generation, layers
 from models import vit as vit_lib
 from objectives.prefix_lm_decoder_only import DecoderOnly
 from objectives.prefix_lm_encoder_decoder import EncoderDecoder
@@ -70,9 +70,10 @@ class PrefixLM(nn.Module):
     Attributes:
       image: models.vit.ViT kwargs (pool_type "none" is forced: the patch tokens are used).
       decoder: models.decoder.Decoder kwargs (vocab_size, max_len, pad_id come from the data).
-      encoder: models.layers.Encoder kwargs of the bidirectional encoder (encoder_decoder
-        only); its width is the decoder's; depth 2, num_heads 4, mlp_dim 4 x the width and
-        the decoder's dtype / matmul_dtype unless set.
+      encoder: models.layers.Encoder kwargs of the bidirectional encoder; its width is the
+        decoder's; depth 2, num_heads 4, mlp_dim 4 x the width and the decoder's dtype /
+        matmul_dtype unless set. Used by encoder_decoder only: decoder_only ignores it, so
+        one config (and an architecture sweep over it) can hold both.
       architecture: "encoder_decoder" or "decoder_only".
       bos_id, eos_id, pad_id: the tokenizer's special ids (filled in from the data).
     """
@@ -185,21 +186,11 @@ class PrefixLM(nn.Module):
     @classmethod
     def fill_data_fields(cls, cfg: dict, data: Mapping[str, Any]) -> dict:
         """The decoder's vocab_size / max_len / pad_id and the special ids from the data."""
-        name = cfg.get("architecture", "encoder_decoder")
-        arch = architecture(name)
+        arch = architecture(cfg.get("architecture", "encoder_decoder"))
         dec = dict(cfg.get("decoder", {}))
         if data["vocab_size"] is None and "vocab_size" not in dec:
             raise ValueError("config.model.decoder.vocab_size is needed without a tokenizer")
         dec.setdefault("vocab_size", data["vocab_size"])
-        if not arch.has_encoder:
-            # The precision policy sets dtypes on every tower group; anything else configures
-            # an encoder this architecture does not have.
-            unused = sorted(set(cfg.get("encoder") or {}) - set(precision.policy_fields("fp32")))
-            if unused:
-                raise ValueError(
-                    f"config.model.encoder.{unused} configure the encoder of architecture "
-                    f"'encoder_decoder'; {name!r} has none: remove them."
-                )
         dec.setdefault("max_len", arch.decoder_max_len(cfg, data))
         if data["vocab_size"] is not None and dec["vocab_size"] < data["vocab_size"]:
             raise ValueError(

@@ -258,11 +258,10 @@ def test_encoder_flops_are_keyed_by_the_encoders_dtype():
     assert split == {"bfloat16": 3 * encoder, "float32": plain["float32"] - 3 * encoder}
 
 
-def test_decoder_only_refuses_encoder_sizes():
+def test_decoder_only_ignores_the_encoder_group():
+    """One config serves both architectures (the shipped simvlm configs sweep them)."""
+    model = _model("decoder_only")  # its encoder group sets depth, num_heads, mlp_dim
+    assert "encoder" not in jax.eval_shape(model.init, jax.random.key(0), _batch())["params"]
     cfg = dict(image=IMAGE, decoder={"width": 32}, architecture="decoder_only")
-    with pytest.raises(ValueError, match=r"config.model.encoder.\['depth'\].*encoder_decoder"):
-        PrefixLM.fill_data_fields(dict(cfg, encoder={"depth": 3}), DATA)
-    # The precision policy's dtypes reach every group; decoder_only has no encoder to apply them to.
-    assert (
-        PrefixLM.fill_data_fields(dict(cfg, encoder=BF16), DATA)["architecture"] == "decoder_only"
-    )
+    filled = PrefixLM.fill_data_fields(dict(cfg, encoder=dict(depth=3, **BF16)), DATA)
+    assert filled["decoder"]["max_len"] == (16 // 8) ** 2 + 2 * DATA["max_len"] + 1
