@@ -9,13 +9,11 @@ No KV cache: each call attends over the whole sequence it is given.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import _MASKED, MlpBlock
+from .layers import MlpBlock, attend
 
 
 class RMSNorm(nn.Module):
@@ -126,10 +124,7 @@ class GroupedQueryAttention(nn.Module):
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
         q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # [B, H, n, hd]
-        logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
-        if mask is not None:
-            logits = logits.masked_fill(~mask, _MASKED)
-        y = torch.softmax(logits, dim=-1) @ v  # [B, H, T, hd]
+        y = attend(q, k, v, mask)  # [B, H, T, hd]
         return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * hd))
 
 

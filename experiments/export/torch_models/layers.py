@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# vlax's masked logit (jax's reference value): fully masked rows give a uniform average.
+# vlax's masked logit (jax's reference value).
 _MASKED = -0.7 * torch.finfo(torch.float32).max
 
 
@@ -26,6 +26,22 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name == "quick_gelu":
         return lambda x: x * torch.sigmoid(1.702 * x)
     raise ValueError(f"Unknown activation {name!r}: use 'gelu', 'gelu_tanh' or 'quick_gelu'.")
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention of q [B, H, T, hd] over k, v [B, H, S, hd] -> [B, H, T, hd].
+
+    mask: bool broadcastable to [B, H, T, S], True = attend (any causal part included). As
+    in vlax (models/attention.py), a query row without any valid key gives 0: it attends to
+    nothing, rather than averaging the masked values.
+    """
+    logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if mask is None:
+        return torch.softmax(logits, dim=-1) @ v
+    y = torch.softmax(logits.masked_fill(~mask, _MASKED), dim=-1) @ v
+    return y.masked_fill(~mask.any(-1, keepdim=True), 0.0)
 
 
 class MultiHeadAttention(nn.Module):
@@ -58,13 +74,10 @@ class MultiHeadAttention(nn.Module):
             return y.reshape(b, n, self.num_heads, hd).transpose(1, 2)
 
         q, k, v = heads(self.query(x), t), heads(self.key(kv), s), heads(self.value(kv), s)
-        logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
         if causal:
             tri = torch.ones(t, s, dtype=torch.bool, device=x.device).tril()
             mask = tri if mask is None else mask & tri
-        if mask is not None:
-            logits = logits.masked_fill(~mask, _MASKED)
-        y = torch.softmax(logits, dim=-1) @ v  # [B, H, T, hd]
+        y = attend(q, k, v, mask)  # [B, H, T, hd]
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
