@@ -20,7 +20,7 @@ def _writer(fmt: str, meta: dict) -> tuple[str, Callable]:
     """(target name, write(out, params, meta) -> notes), or ExportError naming why not."""
     if fmt == "hf":
         target = hf_export.choose_target(meta)
-        return target.NAME, functools.partial(hf_export.write, target=target)
+        return target.name, functools.partial(hf_export.write, target=target)
     problems = torch_target.mismatches(meta["model_config"], meta)
     if problems:
         raise output.ExportError("--format torch cannot represent: " + "; ".join(problems))

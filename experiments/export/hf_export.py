@@ -1,8 +1,9 @@
-"""`--format hf`: write a vlax two-tower run as the exact transformers class (reading one
-back is experiments/interop/hf_import.py).
+"""`--format hf`: write vlax params as the exact transformers class (reading one back is
+experiments/interop/hf_import.py).
 
-Targets: `hf_clip` (CLIPModel) and `hf_siglip` (SiglipModel). A model matching neither is
-refused with each target's mismatches and the alternative (`--format torch`).
+A run exports to the first of its family's Hugging Face targets (experiments/export/families:
+`CLIPModel`, `SiglipModel` for contrastive runs) that represents it exactly; a run matching
+none is refused with each target's mismatches and the alternative (`--format torch`).
 `write_bert` writes a standalone text tower as a `BertModel` (experiments/interop/hf_bert.py
 has its name table and config).
 """
@@ -14,26 +15,23 @@ from typing import Any
 
 from etils import epath
 
-from experiments.export import hf_files, tokenizer_files
+from experiments.export import families, hf_files
 from experiments.export.output import ExportError
-from experiments.interop import hf_bert, hf_clip, hf_import, hf_siglip, mapping
-
-TARGETS = hf_import.TWO_TOWER_TARGETS
-_TOKENIZER_WRITERS = {
-    hf_clip.NAME: tokenizer_files.write_fast,
-    hf_siglip.NAME: tokenizer_files.write_siglip,
-}
-_PROCESSORS = {hf_clip.NAME: "CLIPImageProcessor", hf_siglip.NAME: "SiglipImageProcessor"}
+from experiments.interop import hf_bert, mapping
 
 
-def choose_target(meta: Mapping[str, Any]):
+def choose_target(meta: Mapping[str, Any]) -> families.HFTarget:
     """The transformers target matching the run exactly, or ExportError naming why none does."""
-    if meta["objective"] != "contrastive":
+    try:
+        targets = families.get(meta["objective"]).hf_targets
+    except ValueError as e:
+        raise ExportError(f"--format hf: {e}") from None
+    if not targets:
         raise ExportError(
             f"--format hf has no target for objective {meta['objective']!r}; use --format torch"
         )
-    found = {t.NAME: t.mismatches(meta["model_config"], meta) for t in TARGETS}
-    exact = [t for t in TARGETS if not found[t.NAME]]
+    found = {t.name: t.table.mismatches(meta["model_config"], meta) for t in targets}
+    exact = [t for t in targets if not found[t.name]]
     if exact:
         return exact[0]
     lines = "\n".join(f"  {name}: " + "; ".join(problems) for name, problems in found.items())
@@ -43,21 +41,21 @@ def choose_target(meta: Mapping[str, Any]):
     )
 
 
-def write(out: epath.Path, params, meta: Mapping[str, Any], target) -> list[str]:
+def write(out: epath.Path, params, meta: Mapping[str, Any], target: families.HFTarget) -> list[str]:
     """Writes config.json, model.safetensors, tokenizer and image-processor files."""
-    state = mapping.to_torch(params, target.rules(), where=f"export to {target.NAME}")
+    state = mapping.to_torch(params, target.table.rules(), where=f"export to {target.name}")
     notes = []
-    if target is hf_clip:
-        state = hf_clip.clamp_scale(state)
-        notes.append("logit_scale exported clamped at log(100), as vlax's loss applies it")
-    hf_files.write_json(out / "config.json", target.hf_config(meta["model_config"], meta))
+    if target.finish is not None:
+        state, finish_notes = target.finish(state)
+        notes += finish_notes
+    hf_files.write_json(out / "config.json", target.table.hf_config(meta["model_config"], meta))
     hf_files.save_safetensors(state, out / "model.safetensors")
     max_len = int(meta["data"]["max_len"])
     if meta.get("tokenizer"):
-        notes += _TOKENIZER_WRITERS[target.NAME](out, meta["tokenizer"], max_len)
+        notes += target.write_tokenizer(out, meta["tokenizer"], max_len)
     else:
         notes.append("no tokenizer recorded in the checkpoint: none written")
-    processor = hf_files.image_processor(_PROCESSORS[target.NAME], meta["data"])
+    processor = hf_files.image_processor(target.processor, meta["data"])
     hf_files.write_json(out / "preprocessor_config.json", processor)
     return notes
 

@@ -111,7 +111,7 @@ def _hf_outputs(out, images, tokens):
 def test_export_matches_transformers_and_round_trips(name, tmp_path):
     model, params, meta, (images, tokens) = _random_model(name)
     target = hf_export.choose_target(meta)
-    assert ("CLIPModel" if name.startswith("clip") else "SiglipModel") == target.NAME
+    assert ("CLIPModel" if name.startswith("clip") else "SiglipModel") == target.name
     out = epath.Path(tmp_path / "hf")
     out.mkdir()
     hf_export.write(out, params, meta, target)

@@ -16,8 +16,10 @@ import pytest
 import torch
 from etils import epath
 
+import objectives
+from experiments.export import families, torch_target
 from experiments.export import torch_models as tm
-from experiments.export import torch_target
+from experiments.export.families import torch_rules
 from experiments.export.torch_models import config as config_lib
 from experiments.interop import mapping
 from experiments.training import run_meta
@@ -312,7 +314,7 @@ def _decoder_inputs(name: str) -> dict[str, np.ndarray]:
 
 
 def _torch_decoder(cfg: dict, params) -> tm.Decoder:
-    state = mapping.to_torch({"dec": params}, torch_target.decoder_rules(cfg))
+    state = mapping.to_torch({"dec": params}, torch_rules.decoder(cfg))
     model = tm.Decoder(cfg, memory_width=MEMORY_WIDTH if cfg.get("cross_attention") else None)
     model.load_state_dict({k.removeprefix("dec."): torch.from_numpy(v) for k, v in state.items()})
     return model.eval()
@@ -412,7 +414,8 @@ def test_defaults_equal_the_vlax_modules():
     assert config_lib.NORM_TYPES == decoder_lib.NORM_TYPES
     assert config_lib.DECODER_POSEMBS == decoder_lib.POSEMB_TYPES
     assert config_lib.ARCHITECTURES == prefix_lm.ARCHITECTURES
-    assert tuple(tm.loading.MODULES) == config_lib.OBJECTIVES == torch_target.OBJECTIVES
+    # Every exported family has a torch module, and each is an objective of vlax's registry.
+    assert set(tm.loading.MODULES) == set(families.FAMILIES) <= set(objectives.REGISTRY)
     encoder = _field_defaults(layers.Encoder)
     assert {k: encoder[k] for k in config_lib.ENCODER_FIXED} == config_lib.ENCODER_FIXED
 

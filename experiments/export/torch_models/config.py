@@ -87,7 +87,6 @@ IMAGE_POOLS = ("cls", "gap", "map", "none")
 POSEMBS = ("learn", "sincos2d")
 TEXT_POOLS = ("eos", "first", "last", "final", "mean", "map")
 LOSSES = ("softmax", "sigmoid")
-OBJECTIVES = ("contrastive", "prefix_lm")  # what `load` builds (config.json "objective")
 SOFTMAX_MAX_LOG_TEMP = math.log(100.0)  # CLIP's cap on the softmax logit scale
 
 

@@ -9,7 +9,8 @@ import torch
 from . import prefix_lm, two_tower
 from .files import load_weights, read_config
 
-# objective (config_lib.OBJECTIVES) -> module class, built as cls(model_config, image_size).
+# objective -> module class, built as cls(model_config, image_size); one per family that
+# experiments/export/families declares (this package stays free of vlax, so it names them).
 MODULES: dict[str, type[torch.nn.Module]] = {
     "contrastive": two_tower.TwoTower,
     "prefix_lm": prefix_lm.PrefixLM,
