@@ -106,7 +106,7 @@ def write(out_dir: epath.Path, params: Any, meta: Mapping[str, Any]) -> list[str
         f"wrote {len(state)} tensors ({sum(x.size for x in state.values()):,} values) "
         f"as float32 from {'/'.join(dtypes)} params."
     ]
-    notes += family.notes(meta["model_config"], cfg)
+    notes += family.notes(cfg)
     tok, note = _tokenizer(out_dir, meta.get("tokenizer"))
     notes.append(note)
     config = {

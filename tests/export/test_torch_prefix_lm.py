@@ -90,6 +90,28 @@ MODELS = {
         architecture="encoder_decoder",
         **IDS,
     ),
+    # Every option of the encoder group (layers.Encoder's kwargs): post-LN blocks without a
+    # final norm, its own activation and epsilon, scanned and rematerialised, dropout (off at
+    # inference), unjitted blocks.
+    "encoder_decoder_encoder_options": dict(
+        image=dict(IMAGE),
+        decoder=dict(vocab_size=VOCAB, width=32, depth=1, mlp_dim=64, num_heads=4, max_len=16),
+        encoder=dict(
+            depth=2,
+            num_heads=2,
+            mlp_dim=40,
+            activation="gelu_tanh",
+            norm_eps=1e-5,
+            post_norm=True,
+            final_norm=False,
+            scan=True,
+            remat=True,
+            dropout=0.1,
+            jit_blocks=False,
+        ),
+        architecture="encoder_decoder",
+        **IDS,
+    ),
     # No positions, quick_gelu, an image projection, a decoder variant.
     "decoder_only_nopos": dict(
         image=dict(IMAGE, width=16, mlp_dim=32, patch_bias=False),
@@ -142,10 +164,10 @@ def _meta(name: str, params, model_config=None) -> dict:
     )
 
 
-def _vlax_forward(name: str, params) -> tuple[np.ndarray, float]:
+def _vlax_forward(name: str, params, **overrides) -> tuple[np.ndarray, float]:
     """(the training forward's logits [B, L, V], its loss): the decoder's output as
     PrefixLM.__call__ computes it, captured from that very call."""
-    model = _model(name)
+    model = _model(name, **overrides)
     (loss, _), state = model.apply(
         {"params": params},
         BATCH,
@@ -383,14 +405,66 @@ def test_refused_options_name_themselves(tmp_path):
         torch_target.write(epath.Path(tmp_path), params, bad)
 
 
-def test_encoder_fields_vlax_ignores_are_dropped_with_a_note(tmp_path):
+def test_encoder_precision_is_noted_and_the_export_computes_in_fp32(tmp_path):
+    """The encoder group's dtype / matmul_dtype (what config.precision sets) are read by vlax:
+    the export notes them, as for the other towers, and mirrors the model in float32."""
     name = "encoder_decoder"
     params = _params(name)
-    config = {**MODELS[name], "encoder": {**MODELS[name]["encoder"], "activation": "relu"}}
+    encoder = {**MODELS[name]["encoder"], "dtype": "bfloat16", "matmul_dtype": "bfloat16"}
+    config = {**MODELS[name], "encoder": encoder}
     assert torch_target.mismatches(config, {"objective": "prefix_lm", "data": DATA}) == []
     notes = torch_target.write(epath.Path(tmp_path), params, _meta(name, params, config))
-    assert any("['activation'] are not read" in n for n in notes), notes
-    assert tm.read_config(tmp_path)["model_config"]["encoder"] == MODELS[name]["encoder"]
+    for key in ("dtype", "matmul_dtype"):
+        assert f"the encoder trained with {key}=bfloat16; the export computes in float32." in notes
+    assert not any("decoder trained" in n or "image tower trained" in n for n in notes), notes
+    recorded = tm.read_config(tmp_path)["model_config"]["encoder"]
+    assert (recorded["dtype"], recorded["matmul_dtype"]) == ("bfloat16", "bfloat16")
+    model = tm.load(tmp_path)
+    _assert_parity(name, params, model)  # against vlax in float32
+
+    # vlax computed that encoder in bfloat16: its logits are the float32 ones to bf16 rounding.
+    b16, _ = _vlax_forward(name, params, encoder=encoder)
+    fp32, _ = _torch_forward(model)
+    assert 1e-4 < np.abs(b16.astype(np.float32) - fp32).max() < 0.1
+
+    model_config, back = torch_target.read(tmp_path)
+    assert model_config == config_lib.complete_prefix_lm(config)
+    for path, x in mapping.flatten_params(back).items():
+        assert np.array_equal(x, mapping.flatten_params(params)[path]), path
+
+
+def test_exports_with_the_three_field_encoder_group_still_load(tmp_path):
+    """Exports written before the encoder group took every layers.Encoder field recorded only
+    depth / num_heads / mlp_dim: they load and read back as the same model."""
+    name = "encoder_decoder"
+    params = _params(name)
+    torch_target.write(epath.Path(tmp_path), params, _meta(name, params))
+    config = tm.read_config(tmp_path)
+    config["model_config"]["encoder"] = {"depth": 1, "num_heads": 2, "mlp_dim": 48}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _assert_parity(name, params, tm.load(tmp_path))
+    model_config, back = torch_target.read(tmp_path)
+    assert model_config["encoder"] == {
+        **config_lib.ENCODER_DEFAULTS,
+        **{"depth": 1, "num_heads": 2, "mlp_dim": 48},
+        "dtype": "float32",
+        "matmul_dtype": None,
+    }
+    for path, x in mapping.flatten_params(back).items():
+        assert np.array_equal(x, mapping.flatten_params(params)[path]), path
+
+
+def test_encoder_options_without_a_torch_mirror_are_refused():
+    base = MODELS["encoder_decoder"]
+    meta = {"objective": "prefix_lm", "data": DATA}
+    enc = base["encoder"]
+    cases = {
+        "model.encoder.activation='relu' has no torch mirror": {"activation": "relu"},
+        "model.encoder.rope is an option the torch modules do not mirror": {"rope": True},
+    }
+    for needle, change in cases.items():
+        problems = torch_target.mismatches({**base, "encoder": {**enc, **change}}, meta)
+        assert len(problems) == 1 and needle in problems[0], (needle, problems)
 
 
 def _field_defaults(cls, skip=()) -> dict:
@@ -416,8 +490,14 @@ def test_defaults_equal_the_vlax_modules():
     assert config_lib.ARCHITECTURES == prefix_lm.ARCHITECTURES
     # Every exported family has a torch module, and each is an objective of vlax's registry.
     assert set(tm.loading.MODULES) == set(families.FAMILIES) <= set(objectives.REGISTRY)
+    # The encoder group: layers.Encoder's fields; dtype / matmul_dtype follow the decoder.
     encoder = _field_defaults(layers.Encoder)
-    assert {k: encoder[k] for k in config_lib.ENCODER_FIXED} == config_lib.ENCODER_FIXED
+    sizes = ("depth", "num_heads", "mlp_dim")
+    assert all(encoder.pop(k) is dataclasses.MISSING for k in sizes)
+    following = {k: encoder.pop(k) for k in config_lib.ENCODER_FROM_DECODER}
+    assert following == {k: config_lib.DECODER_DEFAULTS[k] for k in following}
+    assert {k: config_lib.ENCODER_DEFAULTS[k] for k in encoder} == encoder
+    assert set(config_lib.ENCODER_DEFAULTS) == {*encoder, *sizes}
 
     # The encoder's sizes without a config: depth blocks, num_heads heads, 4 x width MLP.
     model = prefix_lm.PrefixLM(**{**MODELS["encoder_decoder"], "encoder": None})
@@ -430,7 +510,7 @@ def test_defaults_equal_the_vlax_modules():
     assert enc["block_0"]["mlp"]["fc1"]["kernel"].shape[1] == 4 * width
     assert config_lib.complete_prefix_lm({**MODELS["encoder_decoder"], "encoder": None})[
         "encoder"
-    ] == {**want, "mlp_dim": 4 * width}
+    ] == {**want, "mlp_dim": 4 * width, "dtype": "float32", "matmul_dtype": None}
 
 
 def test_load_dispatches_on_the_recorded_objective(tmp_path):

@@ -65,8 +65,7 @@ class Family:
     """What the export targets know of one objective (see the module docstring).
 
     `complete` and `mismatches` take a model config as a run records it; `rules`,
-    `abstract_params`, `scanned` and `notes` take its completed form (`notes` also the
-    recorded one).
+    `abstract_params`, `scanned` and `notes` take its completed form.
     """
 
     complete: Callable[[Config], dict[str, Any]]
@@ -74,7 +73,7 @@ class Family:
     rules: Callable[[Config], list[Rule]]
     abstract_params: Callable[[Config, int], Any]
     scanned: Callable[[Config], list[str]]
-    notes: Callable[[Config, Config], list[str]]
+    notes: Callable[[Config], list[str]]
     hf_targets: tuple[HFTarget, ...] = ()
 
 

@@ -21,6 +21,13 @@ from experiments.export.torch_models import config as config_lib
 from experiments.interop.mapping import Rule
 from objectives.prefix_lm import PrefixLM
 
+# The encoder group's fields as a run may record them: layers.Encoder's, dtype included
+# (decoder_only ignores the group, as vlax does).
+_ENCODER_FIELDS = {
+    **config_lib.ENCODER_DEFAULTS,
+    **{k: config_lib.DECODER_DEFAULTS[k] for k in config_lib.ENCODER_FROM_DECODER},
+}
+
 
 def _cross(cfg: Mapping[str, Any]) -> bool:
     return cfg["architecture"] == "encoder_decoder"
@@ -36,7 +43,7 @@ def rules(cfg: Mapping[str, Any]) -> list[Rule]:
         table += [
             Rule("txt_embed/embedding", "txt_embed.weight"),
             Rule("txt_pos", "txt_pos"),
-            *torch_rules.encoder("encoder", "encoder", config_lib.ENCODER_FIXED["final_norm"]),
+            *torch_rules.encoder("encoder", "encoder", cfg["encoder"]["final_norm"]),
         ]
     return table + torch_rules.decoder({**cfg["decoder"], "cross_attention": _cross(cfg)})
 
@@ -85,6 +92,10 @@ def mismatches(model_config: Mapping[str, Any]) -> list[str]:
             ),
         ]
     )
+    if model_config.get("architecture", "encoder_decoder") == "encoder_decoder":
+        encoder = model_config.get("encoder") or {}
+        allowed = {"activation": config_lib.ACTIVATIONS}
+        problems += common.group_problems([("model.encoder", encoder, _ENCODER_FIELDS, allowed)])
     if not problems:
         try:  # sizes vlax itself would refuse (a run cannot have them; a hand-made config can)
             cfg = config_lib.complete_prefix_lm(model_config)
@@ -95,22 +106,22 @@ def mismatches(model_config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def notes(model_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
-    """What the export computes differently (each group trained below float32) or ignores."""
-    notes = common.precision_notes({"image tower": cfg["image"], "decoder": cfg["decoder"]})
-    if _cross(cfg):
-        ignored = sorted(set(model_config.get("encoder") or {}) - set(config_lib.ENCODER_DEFAULTS))
-        if ignored:
-            notes.append(
-                f"model.encoder fields {ignored} are not read by vlax's PrefixLM (only "
-                f"{list(config_lib.ENCODER_DEFAULTS)}): dropped, as in training."
-            )
-    return notes
+def _parts(cfg: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """{label: completed group} of the groups with a compute dtype."""
+    parts = {"image tower": cfg["image"], "decoder": cfg["decoder"]}
+    return {**parts, "encoder": cfg["encoder"]} if _cross(cfg) else parts
+
+
+def notes(cfg: Mapping[str, Any]) -> list[str]:
+    """What the export computes differently: each group trained below float32."""
+    return common.precision_notes(_parts(cfg))
 
 
 def abstract_params(cfg: Mapping[str, Any], image_size: int) -> Any:
     """Unscanned fp32 param shapes of a completed config."""
     plain = {**cfg, "image": common.plain(cfg["image"]), "decoder": common.plain(cfg["decoder"])}
+    if _cross(cfg):
+        plain["encoder"] = common.plain(cfg["encoder"])
     batch = {
         "image": jnp.zeros((1, image_size, image_size, 3)),
         "tokens": jnp.ones((1, 1), jnp.int32),
@@ -123,6 +134,8 @@ def abstract_params(cfg: Mapping[str, Any], image_size: int) -> Any:
 def scanned(cfg: Mapping[str, Any]) -> list[str]:
     """The block scopes whose blocks trained stacked (scan=True)."""
     scopes = {"img/encoder": cfg["image"], "dec": cfg["decoder"]}
+    if _cross(cfg):
+        scopes["encoder"] = cfg["encoder"]
     return [scope for scope, group in scopes.items() if group["scan"]]
 
 

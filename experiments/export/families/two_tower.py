@@ -67,9 +67,8 @@ def mismatches(model_config: Mapping[str, Any]) -> list[str]:
     )
 
 
-def notes(model_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+def notes(cfg: Mapping[str, Any]) -> list[str]:
     """What the export computes differently: each tower trained below float32."""
-    del model_config  # vlax reads every field of a two-tower config
     return common.precision_notes({label: cfg[part] for part, label in TOWERS.items()})
 
 

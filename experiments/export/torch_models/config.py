@@ -1,12 +1,13 @@
 """The vlax model config as data: field defaults, size variants and their resolution.
 
 Copies of the vlax dataclass defaults (`models.vit.ViT`, `models.text.TextTransformer`,
-`models.decoder.Decoder`, `objectives.contrastive.TwoTower`, `objectives.prefix_lm.PrefixLM`)
-and of `models.variants`, so this package needs no jax. tests/export/test_torch_target.py and
-tests/export/test_torch_prefix_lm.py check that the copies equal the originals. The modules
-read every field except those that only change training or speed (head_zeroinit, dropout,
-scan, remat, remat_policy, attn_implementation, loss_impl, temperature_init, bias_init) and
-dtype / matmul_dtype: they compute in fp32 whatever precision the run used.
+`models.decoder.Decoder`, `models.layers.Encoder`, `objectives.contrastive.TwoTower`,
+`objectives.prefix_lm.PrefixLM`) and of `models.variants`, so this package needs no jax.
+tests/export/test_torch_target.py and tests/export/test_torch_prefix_lm.py check that the
+copies equal the originals. The modules read every field except those that only change
+training or speed (head_zeroinit, dropout, scan, remat, remat_policy, jit_blocks,
+attn_implementation, loss_impl, temperature_init, bias_init) and dtype / matmul_dtype: they
+compute in fp32 whatever precision the run used.
 """
 
 from __future__ import annotations
@@ -179,17 +180,27 @@ PREFIX_LM_DEFAULTS: dict[str, Any] = {
     "pad_id": 0,
 }
 PREFIX_LM_REQUIRED = ("image", "decoder")
-# PrefixLM's bidirectional encoder reads only these keys of its `encoder` dict (others are
-# ignored by vlax, so here too); mlp_dim None = 4 x the decoder width.
-ENCODER_DEFAULTS: dict[str, Any] = {"depth": 2, "num_heads": 4, "mlp_dim": None}
-# ... and keeps these `models.layers.Encoder` defaults.
-ENCODER_FIXED: dict[str, Any] = {
+# PrefixLM's bidirectional `encoder` group: `models.layers.Encoder` fields with PrefixLM's
+# defaults (mlp_dim None = 4 x the decoder width). dtype and matmul_dtype, when absent, are
+# the decoder's (ENCODER_FROM_DECODER). Runs whose group held only depth / num_heads /
+# mlp_dim complete to the same encoder.
+ENCODER_DEFAULTS: dict[str, Any] = {
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_dim": None,
     "activation": "gelu",
-    "norm_eps": 1e-6,
-    "final_norm": True,
+    "dropout": 0.0,
     "causal": False,
+    "scan": False,
+    "remat": False,
+    "remat_policy": "full",
+    "jit_blocks": True,
+    "final_norm": True,
     "post_norm": False,
+    "norm_eps": 1e-6,
+    "attn_implementation": None,
 }
+ENCODER_FROM_DECODER = ("dtype", "matmul_dtype")
 ARCHITECTURES = ("encoder_decoder", "decoder_only")
 
 
@@ -225,8 +236,9 @@ def complete_prefix_lm(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """{"image", "decoder", "encoder", "architecture", ids} with every field explicit.
 
     As PrefixLM does: the decoder's pad_id defaults to the model's; its cross_attention is
-    the architecture's (never a config field); the encoder (encoder_decoder only) is
-    {"depth", "num_heads", "mlp_dim"} with mlp_dim resolved. Unknown fields raise.
+    the architecture's (never a config field); the encoder (encoder_decoder only) has every
+    `layers.Encoder` field, mlp_dim resolved and dtype / matmul_dtype the decoder's unless
+    set. Unknown fields raise.
     """
     missing = [k for k in PREFIX_LM_REQUIRED if k not in model_config]
     if missing:
@@ -240,8 +252,8 @@ def complete_prefix_lm(model_config: Mapping[str, Any]) -> dict[str, Any]:
     del dec["cross_attention"]
     out = {**top, "image": complete(model_config["image"] or {}, VIT_DEFAULTS), "decoder": dec}
     if top["architecture"] == "encoder_decoder":
-        enc = {**ENCODER_DEFAULTS, **dict(top["encoder"] or {})}
-        enc = {k: enc[k] for k in ENCODER_DEFAULTS}
+        defaults = {**ENCODER_DEFAULTS, **{k: dec[k] for k in ENCODER_FROM_DECODER}}
+        enc = complete(dict(top["encoder"] or {}), defaults)
         if enc["mlp_dim"] is None:
             enc["mlp_dim"] = 4 * decoder_sizes(dec)["width"]
         out["encoder"] = enc

@@ -28,6 +28,18 @@ from . import layers, towers
 from .decoder import Decoder
 from .files import load_weights, read_config
 
+# The encoder group's fields that change what it computes (the rest: training or speed).
+ENCODER_FIELDS = (
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "activation",
+    "norm_eps",
+    "final_norm",
+    "causal",
+    "post_norm",
+)
+
 
 def shift_to_suffix(tokens: torch.Tensor, prefix_len: torch.Tensor, pad_id: int) -> torch.Tensor:
     """[B, L] -> [B, L]: row b's tokens[prefix_len[b]:] moved to the front, pad_id after."""
@@ -40,10 +52,10 @@ def shift_to_suffix(tokens: torch.Tensor, prefix_len: torch.Tensor, pad_id: int)
 class PrefixLM(nn.Module):
     """SimVLM's prefix LM built from a vlax PrefixLM model config (see the module docstring).
 
-    model_config: {"image": ViT fields, "decoder": Decoder fields, "encoder": {"depth",
-    "num_heads", "mlp_dim"}, "architecture", "bos_id", "eos_id", "pad_id"} as in a
-    checkpoint's metadata (absent fields take the vlax defaults); image_size: the training
-    resolution (sizes a learned image position table).
+    model_config: {"image": ViT fields, "decoder": Decoder fields, "encoder": layers.Encoder
+    fields, "architecture", "bos_id", "eos_id", "pad_id"} as in a checkpoint's metadata
+    (absent fields take the vlax defaults); image_size: the training resolution (sizes a
+    learned image position table).
     """
 
     def __init__(self, model_config: Mapping[str, Any], image_size: int):
@@ -68,10 +80,7 @@ class PrefixLM(nn.Module):
             self.txt_pos = nn.Parameter(torch.zeros(cfg["decoder"]["max_len"], width))
             self.encoder = layers.Encoder(
                 width=width,
-                depth=enc["depth"],
-                num_heads=enc["num_heads"],
-                mlp_dim=enc["mlp_dim"],
-                **config_lib.ENCODER_FIXED,
+                **{k: enc[k] for k in ENCODER_FIELDS},
             )
 
     @property
