@@ -21,11 +21,18 @@ one shape and padding never reaches a metric.
 
 `make_data(spec, split, *, extra_texts=()) -> (batches_fn, info)`: `batches_fn()` returns a
 fresh deterministic iterator of dicts {"image", "tokens", "label" (optional), "<field>_tokens"
-for each field in `extra_texts`, "mask" bool [b]} over the split in source order; `info`
-provides (as attributes or keys) `fields` (the source's example fields, for checks before
-training), `captions(limit) -> list[str]` (caption texts in source order), `class_names`,
-`templates` and `encode_texts(list[str]) -> int32 [n, L]`. Evaluators check at construction
-that the data has what they need, so a mismatch fails before training, not after it.
+for each field in `extra_texts`, "text_index" int64 [b], "mask" bool [b]} over the split in
+source order; `info` provides (as attributes or keys) `fields` (the source's example fields,
+for checks before training), `captions(limit) -> list[str]` and `texts(field, limit)` (the
+first `limit` caption / field texts in source order), `class_names`, `templates` and
+`encode_texts(list[str]) -> int32 [n, L]`. Evaluators check at construction that the data has
+what they need, so a mismatch fails before training, not after it.
+
+"text_index" is the source index whose texts a row holds: the row's own index, unless the
+source stood the next readable example in for one whose image stays unreadable (user pairs);
+padding rows have -1. So an evaluator that scores texts (reference captions, answers, caption
+groups) reads them at each row's "text_index" (`texts_at`), never by row position, and reads
+it as a host key of `valid_chunks`, so every host has it whole under multi-host evaluation.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -204,6 +211,26 @@ def valid_chunks(
             break
     if buffered:
         yield emit(buffered), buffered
+
+
+def texts_at(read: Callable[[int], Sequence[Any]], text_index: np.ndarray, where: str) -> list[Any]:
+    """The entries of `read(limit)` (the first `limit` texts in source order, e.g.
+    `info.captions`) at each row's text_index (int [n]): a list of n entries.
+
+    Raises ValueError naming the indices when one is negative (a padding row's) or beyond what
+    the data has.
+    """
+    text_index = np.asarray(text_index)
+    if not text_index.size:
+        return []
+    lo, limit = int(text_index.min()), int(text_index.max()) + 1
+    items = list(read(limit))
+    if lo < 0 or len(items) < limit:
+        raise ValueError(
+            f"{where}: rows name text_index {lo}..{limit - 1}, but the data has {len(items)} "
+            "text entries (text_index is the source index of each valid row's texts)"
+        )
+    return [items[i] for i in text_index]
 
 
 def embed_chunk(fn: EmbedFn, chunk: np.ndarray, n_valid: int) -> np.ndarray:

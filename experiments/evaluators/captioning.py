@@ -5,13 +5,15 @@ The objective's `generate` method is called on fixed-size chunks of the valid ro
              *, max_new_tokens: int, decode: str) -> {"tokens": int32 [b, N], "scores": [b]}
 with `tokens` the continuation (EOS-terminated, then padding). The data's task supplies the
 prompt (an empty one for plain captioning), so the evaluator passes "prompt"/"prompt_len"
-through untouched. Generated ids become text with the data's `decode_tokens`; references are
-`texts(field, n)` in source order (a list of captions per image, or one caption).
+through untouched. Generated ids become text with the data's `decode_tokens`; a row's
+references (a list of captions per image, or one caption) are the data's `texts(field, ...)`
+entry at its "text_index", the pair whose image the row holds (see experiments.evaluators).
 
 The chance level is the best constant caption: each of the 5 most frequent reference captions is
 scored as the prediction for every image, and the best CIDEr-D (and BLEU-4) is reported as
-"chance_cider" ("chance_bleu4"). Candidates come from this split's references, so it is an
-optimistic (oracle-picked) constant; it is computed once, since the references do not change.
+"chance_cider" ("chance_bleu4"). Candidates come from the rows' references, so it is an
+optimistic (oracle-picked) constant; it is computed once per set of rows' text indices, which
+fix the references.
 
 Config (`config.evals.<name>`):
   type="captioning", data (dataset spec for make_data), split, batch_size (rows per generate
@@ -26,12 +28,13 @@ of the first `contact_sheet` images with their generated and reference captions 
 calls it on process 0 only).
 """
 
+import functools
 import io
 import math
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from etils import epath
@@ -75,6 +78,12 @@ class GenerativeData:
             (f for f in reference_fields if fields is None or f in fields), reference_fields[-1]
         )
         evaluators.require_fields(info, (self.field,), where)
+        self._where = where
+
+    def references(self, text_index: np.ndarray) -> list[list[str]]:
+        """[n][refs] reference strings of rows whose texts are source examples text_index [n]."""
+        read = functools.partial(self.texts, self.field)
+        return reference_lists(evaluators.texts_at(read, text_index, self._where), self._where)
 
 
 def check_decode(decode: Any, where: str) -> str:
@@ -96,10 +105,8 @@ def _max_new_tokens(value: Any, info: Any, where: str) -> int:
     return int(value)
 
 
-def reference_lists(items: Sequence[Any], num: int, where: str) -> list[list[str]]:
-    """texts(...) items (one string or a list of strings per example) -> [num][refs] strings."""
-    if len(items) != num:
-        raise ValueError(f"{where}: {len(items)} reference entries for {num} examples")
+def reference_lists(items: Sequence[Any], where: str) -> list[list[str]]:
+    """texts(...) items (one string or a list of strings per example) -> [n][refs] strings."""
 
     def as_list(item: Any) -> list[str]:
         item = [item] if isinstance(item, str | bytes) else list(item)
@@ -112,22 +119,31 @@ def reference_lists(items: Sequence[Any], num: int, where: str) -> list[list[str
     return out
 
 
+class Generated(NamedTuple):
+    """What `generate_texts` returns for the n valid rows."""
+
+    texts: list[str]  # [n] generated texts, in row order
+    text_index: np.ndarray  # int64 [n]: the source example whose references each row takes
+    images: dict[int, np.ndarray]  # {row: image [S, S, 3]}, see `generate_texts`
+
+
 def generate_texts(
     data: GenerativeData,
     batches_fn: Callable,
     generate: Callable[..., Any],
     *,
     keep_images: int = 0,
-) -> tuple[list[str], np.ndarray | None]:
-    """Generates for every valid row in source order: (texts [n], the first `keep_images`
-    images this host decoded, {row: image}; under multi-host evaluation only process 0's
-    rows, which the contact sheet uses)."""
-    texts, kept = [], {}
+) -> Generated:
+    """Generates for every valid row in source order; keeps the first `keep_images` images
+    this host decoded (under multi-host evaluation only process 0's rows, which the contact
+    sheet uses)."""
+    texts, text_index, kept = [], [], {}
     for chunk, n in evaluators.valid_chunks(
         batches_fn,
         ("image", "prompt", "prompt_len"),
         batch_size=data.batch_size,
         max_examples=data.max_examples,
+        host_keys=("text_index",),
     ):
         out = generate(
             chunk["image"],
@@ -143,7 +159,8 @@ def generate_texts(
             if len(kept) < keep_images:
                 kept[len(texts) + int(row)] = chunk["image"][row]
         texts.extend(data.decode_tokens(tokens[:n]))
-    return texts, kept
+        text_index.append(chunk["text_index"][:n])
+    return Generated(texts, np.concatenate(text_index or [np.zeros(0, np.int64)]), kept)
 
 
 # ---------------------------------------------------------------- contact sheet
@@ -234,28 +251,29 @@ class CaptioningEvaluator:
         self._batches_fn, info = make_data(cfg["data"], cfg["split"], task=cfg["task"])
         self.data = GenerativeData(cfg, info, where=where, reference_fields=("captions", "caption"))
         self._where = where
-        self._chance: dict[int, dict[str, float]] = {}  # by example count; references are fixed
+        self._chance: dict[bytes, dict[str, float]] = {}  # by the rows' text_index bytes
         self.last_samples: list[dict[str, Any]] = []
 
     def run(self, predict: evaluators.PredictFns) -> dict:
         """Generates a caption per valid image; returns flat float metrics."""
-        generated, images = generate_texts(
+        out = generate_texts(
             self.data, self._batches_fn, predict["generate"], keep_images=self.num_sheet
         )
-        num = len(generated)
+        num = len(out.texts)
         if not num:
             raise ValueError(f"{self._where}: the eval split has no valid (mask=True) examples")
-        refs = reference_lists(self.data.texts(self.data.field, num), num, self._where)
-        if num not in self._chance:
-            self._chance[num] = best_constant(refs)
+        refs = self.data.references(out.text_index)
+        key = out.text_index.tobytes()
+        if key not in self._chance:
+            self._chance[key] = best_constant(refs)
         self.last_samples = [
-            {"image": image, "generated": generated[i], "references": refs[i]}
-            for i, image in images.items()
+            {"image": image, "generated": out.texts[i], "references": refs[i]}
+            for i, image in out.images.items()
         ]
         return {
-            "cider": text_metrics.cider_d(generated, refs),
-            "bleu4": text_metrics.bleu4(generated, refs),
-            **self._chance[num],
+            "cider": text_metrics.cider_d(out.texts, refs),
+            "bleu4": text_metrics.bleu4(out.texts, refs),
+            **self._chance[key],
             "num_examples": float(num),
         }
 

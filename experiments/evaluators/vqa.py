@@ -6,8 +6,11 @@ and references are compared after the VQA benchmark's normalisation
 (`text_metrics.vqa_normalize`): exact match against a single reference, the official soft
 accuracy (min(1, #matches / 3), leave-one-out averaged) against several.
 
+A row's references are the data's `texts(field, ...)` entry at its "text_index", the
+example whose image and question the row holds (see experiments.evaluators).
+
 The chance level is the majority-answer baseline: the accuracy of always answering the most
-frequent (normalised) reference answer of this split, so it is a split-optimal constant.
+frequent (normalised) answer of the rows' references, so it is a split-optimal constant.
 
 Config (`config.evals.<name>`):
   type="vqa", data (dataset spec for make_data), split, batch_size (rows per generate call),
@@ -70,19 +73,20 @@ class VqaEvaluator:
             cfg, info, where=where, reference_fields=("answers", "answer")
         )
         self._where = where
-        self._chance: dict[int, float] = {}  # by example count; references are fixed
+        self._chance: dict[bytes, float] = {}  # by the rows' text_index bytes
 
     def run(self, predict: evaluators.PredictFns) -> dict:
         """Generates an answer per valid row; returns flat float metrics."""
-        answers, _ = captioning.generate_texts(self.data, self._batches_fn, predict["generate"])
-        num = len(answers)
+        out = captioning.generate_texts(self.data, self._batches_fn, predict["generate"])
+        num = len(out.texts)
         if not num:
             raise ValueError(f"{self._where}: the eval split has no valid (mask=True) examples")
-        refs = captioning.reference_lists(self.data.texts(self.data.field, num), num, self._where)
-        if num not in self._chance:
-            self._chance[num] = mean_accuracy([majority_answer(refs)] * num, refs)
+        refs = self.data.references(out.text_index)
+        key = out.text_index.tobytes()
+        if key not in self._chance:
+            self._chance[key] = mean_accuracy([majority_answer(refs)] * num, refs)
         return {
-            "accuracy": mean_accuracy(answers, refs),
-            "chance_accuracy": self._chance[num],
+            "accuracy": mean_accuracy(out.texts, refs),
+            "chance_accuracy": self._chance[key],
             "num_examples": float(num),
         }

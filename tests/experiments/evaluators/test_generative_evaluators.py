@@ -15,10 +15,12 @@ MAX_LEN = 6
 
 def make_batches(rows, batch_size):
     """In-memory batches; the last one is padded with mask=False rows holding other examples'
-    values + 1, so counting them would change every metric."""
+    values + 1 (text_index -1, as the pipeline pads), so counting them would change every
+    metric."""
     n = len(rows["image"])
     pad = -n % batch_size
     padded = {k: np.concatenate([v, v[:pad][::-1] + 1]) for k, v in rows.items()}
+    padded["text_index"][n:] = -1
     padded["mask"] = np.arange(n + pad) < n
     return lambda: iter(
         [
@@ -28,21 +30,33 @@ def make_batches(rows, batch_size):
     )
 
 
-def rows(n):
-    """Image i has pixel [0, 0, 0] = i; its prompt is [10 i, 0, 0] with length 1."""
+def rows(text_index):
+    """Row i: image pixel [0, 0, 0] = i, prompt [10 i, 0, 0] with length 1, and the texts of
+    source example text_index[i] (int64 [n])."""
+    n = len(text_index)
     image = np.zeros((n, 4, 4, 3), np.float32)
     image[:, 0, 0, 0] = np.arange(n)
     prompt = np.zeros((n, 3), np.int32)
     prompt[:, 0] = 10 * np.arange(n)
-    return {"image": image, "prompt": prompt, "prompt_len": np.ones(n, np.int32)}
+    return {
+        "image": image,
+        "prompt": prompt,
+        "prompt_len": np.ones(n, np.int32),
+        "text_index": np.asarray(text_index, np.int64),
+    }
 
 
 class FakeData:
-    """make_data for `references` (one entry per example) and outputs[i] = the text generated for
-    image i; records the task asked for and the texts(...) calls."""
+    """make_data for `references` (one entry per source example) and outputs[i] = the text
+    generated for row i; row i holds the texts of source example text_index[i] (default i: no
+    pair was swapped; the attribute may change between runs). Records the task asked for and
+    the texts(...) calls."""
 
-    def __init__(self, references, outputs, *, fields=("image", "caption"), **info):
+    def __init__(
+        self, references, outputs, *, fields=("image", "caption"), text_index=None, **info
+    ):
         self.references, self.outputs = list(references), list(outputs)
+        self.text_index = np.arange(len(self.references)) if text_index is None else text_index
         self.info = dict(
             fields=list(fields),
             texts=self.texts,
@@ -54,7 +68,7 @@ class FakeData:
 
     def __call__(self, spec, split, *, task):
         self.tasks.append(task)
-        return make_batches(rows(len(self.references)), 4), self.info
+        return lambda: make_batches(rows(self.text_index), 4)(), self.info
 
     def texts(self, field, limit):
         self.text_calls.append((field, limit))
@@ -141,6 +155,28 @@ def test_captioning_max_examples():
     assert data.text_calls == [("caption", 4)]
 
 
+def test_captioning_references_follow_each_rows_text_index():
+    # Pairs 1 and 6 were unreadable: pair 2 stood in for 1, and pair 0 (wrapping) for 6, so the
+    # rows' images are those of pairs 0, 2, 2, 3, 4, 5, 0 and each generates its own caption.
+    text_index = [0, 2, 2, 3, 4, 5, 0]
+    used = [[CAPTIONS[j]] for j in text_index]
+    data = FakeData(CAPTIONS, [CAPTIONS[j] for j in text_index], text_index=text_index)
+    ev = CaptioningEvaluator(config("captioning", contact_sheet=7), make_data=data)
+    out = ev.run({"generate": FakeGenerate()})
+    # Every row's caption matches its own references exactly (rows 1 and 6 would not match
+    # the captions of pairs 1 and 6).
+    assert out["cider"] == pytest.approx(10.0, abs=1e-9)
+    assert out["bleu4"] == pytest.approx(1.0, abs=1e-8)
+    assert data.text_calls == [("caption", 6)]  # captions up to the largest index used
+    assert [s["references"] for s in ev.last_samples] == used
+    # The best constant caption is picked and scored over the same references; over the
+    # source order's captions it would differ.
+    assert out["chance_cider"] == pytest.approx(best_constant(used)["chance_cider"])
+    assert out["chance_bleu4"] == pytest.approx(best_constant(used)["chance_bleu4"])
+    in_order = best_constant([[c] for c in CAPTIONS])
+    assert out["chance_cider"] != pytest.approx(in_order["chance_cider"])
+
+
 def test_best_constant_is_the_best_frequent_caption():
     refs = [["a red circle"], ["a red circle"], ["a blue square"], ["two green stars"]]
     got = best_constant(refs, k=2)
@@ -214,7 +250,11 @@ def test_captioning_run_errors():
     short.texts = lambda field, limit: CAPTIONS[:3]
     short.info["texts"] = short.texts
     ev = CaptioningEvaluator(config("captioning"), make_data=short)
-    with pytest.raises(ValueError, match="3 reference entries for 7 examples"):
+    with pytest.raises(ValueError, match=r"text_index 0\.\.6, but the data has 3 text entries"):
+        ev.run({"generate": FakeGenerate()})
+    leaked = FakeData(CAPTIONS[:2], CAPTIONS[:2], text_index=[0, -1])  # a padding row's index
+    ev = CaptioningEvaluator(config("captioning"), make_data=leaked)
+    with pytest.raises(ValueError, match=r"text_index -1\.\.0, but the data has 1 text entries"):
         ev.run({"generate": FakeGenerate()})
 
 
@@ -250,6 +290,24 @@ def test_vqa_soft_accuracy_with_ten_answers_and_max_examples():
     # Majority: "yes" (10 of 30 answers) scores 0, 0, 1; "blue" has 9, "3" has 7.
     assert out["chance_accuracy"] == pytest.approx(1 / 3)
     assert data.text_calls == [("answers", 3)]
+
+
+def test_vqa_references_and_majority_follow_each_rows_text_index():
+    # Pairs 1, 3 and 4 were unreadable: rows hold the texts of pairs 0, 2, 2, 2, 5, 5.
+    refs = ["yes", "no", "red", "yes", "blue", "2"]
+    preds = ["yes", "red", "Red", "blue", "2", "two"]
+    data = FakeData(refs, preds, fields=("image", "answer"), text_index=[0, 2, 2, 2, 5, 5])
+    ev = VqaEvaluator(config("vqa"), make_data=data)
+    out = ev.run({"generate": FakeGenerate()})
+    # Row references: yes, red, red, red, 2, 2. Only row 3 ("blue" for "red") misses; the
+    # majority answer of those references is "red" (3 of 6).
+    assert out == {"accuracy": 5 / 6, "chance_accuracy": 0.5, "num_examples": 6.0}
+    assert data.text_calls == [("answer", 6)]
+    # A later run whose rows are the listing's own pairs scores against those: rows 1, 3 and 4
+    # miss, and the majority "yes" is right twice.
+    data.text_index = np.arange(6)
+    out = ev.run({"generate": FakeGenerate()})
+    assert out == {"accuracy": 0.5, "chance_accuracy": pytest.approx(1 / 3), "num_examples": 6.0}
 
 
 def test_vqa_config_errors_and_registry():
