@@ -1,17 +1,21 @@
 """Evaluators against their data: checks before training, grouping by caption text, hard
-negatives, and a failing evaluator that loses no other evaluator's results."""
+negatives, references that follow a swapped user image, and a failing evaluator that loses no
+other evaluator's results."""
 
 import json
 
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.evaluators import metrics
+from experiments.evaluators.captioning import CaptioningEvaluator
 from experiments.evaluators.hard_negatives import HardNegativeEvaluator
 from experiments.evaluators.retrieval import RetrievalEvaluator
 from experiments.evaluators.zero_shot import ZeroShotEvaluator
-from experiments.training import eval_runner, trainer
+from experiments.training import eval_runner, inputs, trainer
+from tests.experiments.conftest import tiny_config
 
 
 def _batches(rows):
@@ -113,6 +117,41 @@ def test_hard_negative_evaluator_asks_for_negatives_and_scores_them():
     assert out == {"accuracy": 0.5, "chance_accuracy": 0.5, "num_examples": 4.0}
     with pytest.raises(ValueError, match=r"have no \['hard_negative'\]"):
         HardNegativeEvaluator(config, make_data=lambda *a, **k: (None, {"fields": ["image"]}))
+
+
+_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+def test_captioning_references_follow_a_swapped_user_image(shapes_data_dir, tmp_path):
+    # Pair 1's image is broken: the source reads pair 2 (green) in its place, so the rows hold
+    # the red, green, green and blue images, each to be scored against its own caption.
+    listing = ["image,caption,split"]
+    for i, name in enumerate(["red", "broken", "green", "blue"]):
+        if name == "broken":
+            (tmp_path / f"{i}.png").write_bytes(b"\x89PNG not an image")
+        else:
+            Image.new("RGB", (8, 8), _COLOURS[name]).save(tmp_path / f"{i}.png")
+        listing.append(f"{i}.png,a small {name} circle,test")
+    (tmp_path / "pairs.csv").write_text("\n".join(listing) + "\n")
+    data = inputs.Inputs(tiny_config(shapes_data_dir).data, global_batch_size=16, seed=0)
+    tokenizer = data.tokenizer
+    captions = [f"a small {name} circle" for name in _COLOURS]
+
+    def generate(images, prompt, prompt_len, *, max_new_tokens, decode):
+        # The caption of the image's colour (pixels are normalised to [-1, 1]).
+        colour = np.asarray(images)[:, 0, 0, :].argmax(-1)
+        return {"tokens": tokenizer.encode([captions[c] for c in colour], max_new_tokens)}
+
+    spec = f"user:{tmp_path / 'pairs.csv'}"
+    config = dict(type="captioning", data=spec, split="test", batch_size=3, max_new_tokens=16)
+    ev = CaptioningEvaluator(config, make_data=data.make_eval_data)
+    out = ev.run({"generate": generate})
+    read = [f"a small {name} circle" for name in ("red", "green", "green", "blue")]
+    assert [s["generated"] for s in ev.last_samples] == read
+    assert [s["references"] for s in ev.last_samples] == [[c] for c in read]
+    assert out["cider"] == pytest.approx(10.0, abs=1e-9)
+    assert out["bleu4"] == pytest.approx(1.0, abs=1e-8)
+    assert out["num_examples"] == 4.0
 
 
 def test_a_failing_evaluator_loses_no_other_results(make_config, tmp_path, monkeypatch):
