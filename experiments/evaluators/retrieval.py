@@ -88,13 +88,7 @@ class RetrievalEvaluator:
 
     def _caption_groups(self, text_index: np.ndarray) -> tuple[np.ndarray, int]:
         """[n] int group id of each row's caption text, and the number of distinct texts."""
-        limit = int(text_index.max()) + 1
-        texts = list(self._captions(limit))
-        if text_index.min() < 0 or len(texts) < limit:
-            raise ValueError(
-                f"retrieval: rows name caption indices {text_index.min()}..{limit - 1}, but "
-                f"the data has {len(texts)} captions"
-            )
+        texts = evaluators.texts_at(self._captions, text_index, "retrieval")
         ids: dict[str, int] = {}
-        groups = np.array([ids.setdefault(texts[i], len(ids)) for i in text_index])
+        groups = np.array([ids.setdefault(t, len(ids)) for t in texts])
         return groups, len(ids)
