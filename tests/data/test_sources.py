@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from data import shapes, shapes_tfds, sources
+from data import shapes, shapes_tfds, sources, tfds_source
 
 _SHAPES_KW = dict(image_size=32, train_size=16, test_size=8)
 _SHAPES_CONFIG = "s32_n16-8_p50"
@@ -117,7 +117,7 @@ def test_classification_dataset_gets_rgb_images_and_class_name_captions():
         def __getitems__(self, indices):
             return [self[i] for i in indices]
 
-    src = sources.TfdsSource(ListSource(rows), features, ListSource(rows))
+    src = tfds_source.TfdsSource(ListSource(rows), features, ListSource(rows))
     ex = src[1]
     assert ex["image"].shape == (8, 8, 3) and (ex["image"] == 9).all()
     assert ex["caption"] == "dog" and ex["label"] == 1
@@ -262,7 +262,7 @@ def test_captions_never_decode_images(name, expected, tiny_dir, shapes_dir, monk
 
     monkeypatch.setattr(tfds.features.Image, "decode_example_np", no_decode)
     monkeypatch.setattr(Image, "open", no_decode)
-    monkeypatch.setattr(sources, "_CAPTION_READ_BATCH", 2)  # several batched reads
+    monkeypatch.setattr(tfds_source, "_CAPTION_READ_BATCH", 2)  # several batched reads
     assert src.captions(5) == by_index
     assert src.captions(3) == by_index[:3] and len(src.captions()) == len(src)
     with pytest.raises(AssertionError, match="decoded"):
