@@ -37,11 +37,11 @@ _PROGRAM = textwrap.dedent(
 )
 
 
-def _run(choice: str, tmp_path) -> tuple[dict, int]:
+def _run(choice: str, tmp_path, **env_extra: str) -> tuple[dict, int]:
     script = tmp_path / "program.py"
     script.write_text(_PROGRAM)
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "VLAX_ALLOCATOR_REEXEC")}
-    env.update(VLAX_ALLOCATOR=choice, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env.update(VLAX_ALLOCATOR=choice, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **env_extra)
     out = subprocess.run(
         [sys.executable, str(script), "--flag", "value"],
         env=env,
@@ -54,19 +54,29 @@ def _run(choice: str, tmp_path) -> tuple[dict, int]:
     return result, out.count("START")
 
 
+def _steady(faults: list[int]) -> int:
+    """Faults of a typical repeated execution: the median of executions 2-4 (the first
+    faults everything in; an allocator growing its pool may fault once more, later)."""
+    return sorted(faults[1:])[1]
+
+
 def test_system_allocator_faults_every_execution(tmp_path):
-    """The reference: untouched glibc maps and faults in the 64 MB temps on every run, so
-    the checks below can fail."""
-    result, _ = _run("system", tmp_path)
+    """The reference, so the checks below can fail: glibc as it ships maps large temps fresh
+    on each execution and unmaps them on free. Its mmap threshold is pinned at 1 MB here:
+    glibc otherwise raises the threshold after a free (up to 32 MB), so whether the untouched
+    allocator faults again depends on the sizes and order of XLA's buffers (both seen)."""
+    result, _ = _run("system", tmp_path, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576")
     assert result["active"] == "system"
-    assert min(result["faults"][1:]) > 10_000, result
+    # 64 MB of temps: tens of thousands of 4 KB pages (fewer where the kernel maps larger
+    # folios); far above the tuned allocators' steady state below.
+    assert min(result["faults"][1:]) > 1_000, result
 
 
 def test_glibc_keeps_freed_memory(tmp_path):
     result, starts = _run("glibc", tmp_path)
     assert result["chosen"] == result["active"] == "glibc"
     assert starts == 1  # no re-execution
-    assert max(result["faults"][2:]) < 1_000, result
+    assert _steady(result["faults"]) < 100, result
 
 
 @pytest.mark.skipif(
@@ -78,7 +88,7 @@ def test_auto_preloads_tcmalloc(tmp_path):
     assert result["chosen"] == result["active"] == "tcmalloc"
     assert starts == 2  # the program ran again, with tcmalloc preloaded
     assert result["argv"] == ["--flag", "value"]  # and its arguments
-    assert max(result["faults"][2:]) < 1_000, result
+    assert _steady(result["faults"]) < 100, result
 
 
 def test_unknown_choice_is_an_error(monkeypatch):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.training import config_utils, trainer
+from experiments.training import config_utils, train_state, trainer
 from tests.experiments.training.trainer_steps import run_steps, train_batches
 
 STEPS, WINDOW = 40, 10
@@ -54,7 +54,7 @@ def test_bf16_policy_sets_every_tower_and_keeps_float32_state(make_config):
 @pytest.mark.parametrize(
     "precision, tower_dtype, message",
     [
-        ("bf8", None, r"config.precision: Unknown precision 'bf8'"),
+        ("bf8", None, r"config.precision='bf8' is unknown: use one of"),
         ("fp32", "bfloat16", r"model.image.dtype='bfloat16' contradicts config.precision='fp32'"),
         ("bf16_act", "float32", r"model.image.dtype='float32' contradicts .*'bf16_act'"),
     ],
@@ -69,6 +69,6 @@ def test_bad_precision_is_a_config_error_before_compiling(
     def no_compile(*a, **k):
         raise AssertionError("something was built before the precision check")
 
-    monkeypatch.setattr(trainer.train_state, "boxed_abstract_params", no_compile)
+    monkeypatch.setattr(train_state, "boxed_abstract_params", no_compile)
     with pytest.raises(config_utils.ConfigError, match=message):
         trainer.setup(config, devices=jax.devices()[:1])
