@@ -54,9 +54,14 @@ def _run(choice: str, tmp_path, **env_extra: str) -> tuple[dict, int]:
     return result, out.count("START")
 
 
+# A tuned allocator's repeated execution faults at most a few MB (pool growth, threads of a
+# loaded machine: ~1,030 seen in CI), never the 64 MB of temps again (16k pages of 4 KB).
+TUNED_MAX_FAULTS = 2_000
+
+
 def _steady(faults: list[int]) -> int:
     """Faults of a typical repeated execution: the median of executions 2-4 (the first
-    faults everything in; an allocator growing its pool may fault once more, later)."""
+    faults everything in)."""
     return sorted(faults[1:])[1]
 
 
@@ -67,16 +72,15 @@ def test_system_allocator_faults_every_execution(tmp_path):
     allocator faults again depends on the sizes and order of XLA's buffers (both seen)."""
     result, _ = _run("system", tmp_path, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576")
     assert result["active"] == "system"
-    # 64 MB of temps: tens of thousands of 4 KB pages (fewer where the kernel maps larger
-    # folios); far above the tuned allocators' steady state below.
-    assert min(result["faults"][1:]) > 1_000, result
+    # The temps and every other buffer over 1 MB: ~66k faults per execution here.
+    assert min(result["faults"][1:]) > 10_000, result
 
 
 def test_glibc_keeps_freed_memory(tmp_path):
     result, starts = _run("glibc", tmp_path)
     assert result["chosen"] == result["active"] == "glibc"
     assert starts == 1  # no re-execution
-    assert _steady(result["faults"]) < 100, result
+    assert _steady(result["faults"]) < TUNED_MAX_FAULTS, result
 
 
 @pytest.mark.skipif(
@@ -88,7 +92,7 @@ def test_auto_preloads_tcmalloc(tmp_path):
     assert result["chosen"] == result["active"] == "tcmalloc"
     assert starts == 2  # the program ran again, with tcmalloc preloaded
     assert result["argv"] == ["--flag", "value"]  # and its arguments
-    assert _steady(result["faults"]) < 100, result
+    assert _steady(result["faults"]) < TUNED_MAX_FAULTS, result
 
 
 def test_unknown_choice_is_an_error(monkeypatch):
